@@ -1,0 +1,847 @@
+//! The consensus rules as a pure, synchronous state machine.
+//!
+//! `RaftCore` does no I/O and reads no clock. Callers feed it events (a peer
+//! message, a timer, a proposal, a read, "these entries are now durable") and
+//! then take a [`Ready`] that says what to persist, what to send, what is now
+//! committed and which reads are now safe. Every rule of Raft's safety
+//! argument lives here, so each one is a unit test without sockets.
+//!
+//! Invariants kept here (numbers as in `shared/notes/raft-on-actors.md`):
+//! 1. `term` never decreases. Any change to term or vote is reported in
+//!    `Ready::hard_state`, and every message that depends on it is in
+//!    `Ready::after_persist`, which the caller sends only once the hard state
+//!    is durable.
+//! 2. One vote per term: `voted_for` is set once per term and only cleared
+//!    when the term grows.
+//! 3. A message from an older term never changes the log, commit or role.
+//! 4. A higher term in any message makes this node a follower of that term
+//!    before the message is otherwise handled.
+//! 5. A follower appends only after the prev-index/term check, truncates only
+//!    a conflicting suffix, and never a committed entry.
+//! 6. The leader commits only an entry of its own term that is durable on a
+//!    majority; its own copy counts only after `persisted` says so.
+//! 7. Committed entries are released once, in index order.
+//! 8. A read is released only after a majority has answered a heartbeat round
+//!    that started after the read arrived, and only once the leader has
+//!    committed an entry of its term (its no-op).
+//!
+//! The original system's "longest log, then highest id" preference is a
+//! tie-break only: it shapes who times out first (see `HeartbeatActor`), never
+//! who may win. Votes follow Raft's up-to-date rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, Role, Term};
+
+use super::log::MemLog;
+
+/// Term and vote: what must be durable before any message depending on it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// Tunables of the core that are not timers (timers belong to the caller).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub members: Vec<NodeId>,
+    /// Most entries in one AppendEntries.
+    pub max_batch_entries: usize,
+    /// Most entries sent to a follower but not yet acknowledged.
+    pub max_inflight_entries: u64,
+    /// Heartbeat rounds after which an unanswered snapshot is sent again.
+    pub snapshot_retry_rounds: u64,
+}
+
+/// Identifies a read waiting for leadership confirmation.
+pub type ReadId = u64;
+
+/// A snapshot a follower must install before answering the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotToInstall {
+    pub index: LogIndex,
+    pub term: Term,
+    pub data: Vec<u8>,
+}
+
+/// What the caller must do after feeding the core an event.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Persist this term and vote before sending `after_persist`.
+    pub hard_state: Option<HardState>,
+    /// A snapshot to install in the state store (before the log is reset to it).
+    pub install_snapshot: Option<SnapshotToInstall>,
+    /// The log now starts after this point (index, term): persist it after the snapshot.
+    pub log_reset: Option<(LogIndex, Term)>,
+    /// Entries to write; each replaces whatever the log held at its index and after.
+    pub entries: Vec<Entry>,
+    /// Entries up to here may be dropped from the durable log.
+    pub compact_to: Option<LogIndex>,
+    /// Messages that may leave now (the leader's replication does not wait for its own disk).
+    pub messages: Vec<PeerEnvelope>,
+    /// Messages that may leave only after everything above is durable.
+    pub after_persist: Vec<PeerEnvelope>,
+    /// Newly committed entries, in order, to apply.
+    pub committed: Vec<Entry>,
+    /// Reads now safe to serve once the state store has applied the given index.
+    pub reads: Vec<(ReadId, LogIndex)>,
+    /// Reads that cannot be served here any more (leadership lost).
+    pub failed_reads: Vec<ReadId>,
+    /// Followers that need a snapshot, because their next entry has been trimmed.
+    pub snapshots_needed: Vec<NodeId>,
+    /// The election timer must start over (heard from a leader, granted a vote, started an election).
+    pub reset_election_timer: bool,
+}
+
+impl Ready {
+    /// True when nothing must be written before `after_persist` may be sent.
+    pub fn nothing_to_persist(&self) -> bool {
+        self.hard_state.is_none()
+            && self.install_snapshot.is_none()
+            && self.log_reset.is_none()
+            && self.entries.is_empty()
+            && self.compact_to.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Highest index known to be durable on the follower and equal to ours.
+    match_index: LogIndex,
+    /// Next index to send (advanced optimistically when sending: pipelining).
+    next_index: LogIndex,
+    /// What the follower reports as applied and flushed to its state store.
+    flushed_index: LogIndex,
+    /// Heard from during the current quorum-check period.
+    recently_active: bool,
+    /// Heard from since the last trim tick.
+    active_since_trim: bool,
+    /// Highest read round the follower has answered in this term.
+    read_round: u64,
+    /// Heartbeat round at which a snapshot was requested for this follower.
+    snapshot_requested_at: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingRead {
+    id: ReadId,
+    round: u64,
+    index: LogIndex,
+}
+
+#[derive(Debug)]
+pub struct RaftCore {
+    config: CoreConfig,
+    hard: HardState,
+    role: Role,
+    leader: Option<NodeId>,
+    log: MemLog,
+    commit: LogIndex,
+    /// Index up to which committed entries were handed out (invariant 7).
+    released: LogIndex,
+    /// Highest index known durable on this node's own disk.
+    durable: LogIndex,
+    /// Highest index this node's state store has flushed.
+    flushed: LogIndex,
+    votes: BTreeSet<NodeId>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// Leader: the last read-confirmation round started, and whether it is still open.
+    read_round: u64,
+    read_round_open: bool,
+    pending_reads: Vec<PendingRead>,
+    /// Reads queued before the leader committed its no-op.
+    early_reads: Vec<ReadId>,
+    /// Leader: index of its no-op; reads wait until it is committed.
+    term_start_index: LogIndex,
+    /// Leader: index every node may trim its log up to.
+    trim_to: LogIndex,
+    heartbeat_rounds: u64,
+    ready: Ready,
+}
+
+impl RaftCore {
+    /// A core restored from durable state: hard state, the log (from its trim
+    /// or snapshot point on), and the index the state store has already applied.
+    pub fn new(config: CoreConfig, hard: HardState, log: MemLog, applied: LogIndex) -> Self {
+        let durable = log.last_index();
+        let start = log.start_index().max(applied);
+        RaftCore {
+            config,
+            hard,
+            role: Role::Follower,
+            leader: None,
+            commit: start,
+            released: start,
+            durable,
+            flushed: applied,
+            log,
+            votes: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            read_round: 0,
+            read_round_open: false,
+            pending_reads: Vec::new(),
+            early_reads: Vec::new(),
+            term_start_index: 0,
+            trim_to: 0,
+            heartbeat_rounds: 0,
+            ready: Ready::default(),
+        }
+    }
+
+    // ----- observers -----
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+    pub fn log(&self) -> &MemLog {
+        &self.log
+    }
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable
+    }
+
+    /// Takes what the last events asked for.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn quorum(&self) -> usize {
+        self.config.members.len() / 2 + 1
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config.members.iter().copied().filter(move |&id| id != me)
+    }
+
+    fn envelope(&self, to: NodeId, message: PeerMessage) -> PeerEnvelope {
+        PeerEnvelope {
+            from: self.config.id,
+            to,
+            term: self.hard.term,
+            message,
+        }
+    }
+
+    fn set_hard_state(&mut self, hard: HardState) {
+        if hard != self.hard {
+            self.hard = hard;
+            self.ready.hard_state = Some(hard);
+        }
+    }
+
+    // ----- role changes -----
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hard.term {
+            // Invariant 2: the vote belongs to the old term.
+            self.set_hard_state(HardState { term, voted_for: None });
+        }
+        if self.role == Role::Leader {
+            self.fail_all_reads();
+            self.progress.clear();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+    }
+
+    fn fail_all_reads(&mut self) {
+        let failed = self
+            .pending_reads
+            .drain(..)
+            .map(|r| r.id)
+            .chain(self.early_reads.drain(..));
+        self.ready.failed_reads.extend(failed);
+        self.read_round_open = false;
+    }
+
+    /// The election timer fired (the caller has already discarded stale timers).
+    pub fn election_timeout(&mut self) {
+        if self.role == Role::Leader {
+            return;
+        }
+        let term = self.hard.term + 1;
+        self.set_hard_state(HardState {
+            term,
+            voted_for: Some(self.config.id),
+        });
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes = BTreeSet::from([self.config.id]);
+        self.ready.reset_election_timer = true;
+        if self.votes.len() >= self.quorum() {
+            self.become_leader();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let requests: Vec<_> = self
+            .peers()
+            .map(|peer| {
+                self.envelope(
+                    peer,
+                    PeerMessage::RequestVote {
+                        last_log_index,
+                        last_log_term,
+                    },
+                )
+            })
+            .collect();
+        // Invariant 1: the new term and self-vote are durable before anyone hears of them.
+        self.ready.after_persist.extend(requests);
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes.clear();
+        let next_index = self.log.last_index() + 1;
+        self.progress = self
+            .peers()
+            .map(|peer| {
+                (
+                    peer,
+                    Progress {
+                        next_index,
+                        recently_active: true,
+                        ..Progress::default()
+                    },
+                )
+            })
+            .collect();
+        self.read_round = 0;
+        self.read_round_open = false;
+        // A leader may only count replicas of entries of its own term (invariant 6),
+        // so it appends a no-op at once; reads wait for it to commit.
+        self.term_start_index = self.append_local(Command::Noop, 0);
+        self.broadcast_append(true);
+        self.maybe_commit();
+    }
+
+    // ----- client-facing events -----
+
+    /// Appends a command if this node leads; returns its (index, term).
+    pub fn propose(&mut self, command: Command, request_id: u64) -> Option<(LogIndex, Term)> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let index = self.append_local(command, request_id);
+        Some((index, self.hard.term))
+    }
+
+    fn append_local(&mut self, command: Command, request_id: u64) -> LogIndex {
+        let entry = Entry {
+            index: self.log.last_index() + 1,
+            term: self.hard.term,
+            request_id,
+            command,
+        };
+        let index = entry.index;
+        self.log.push(entry.clone());
+        self.ready.entries.push(entry);
+        index
+    }
+
+    /// Sends whatever followers are missing (call after a batch of proposals).
+    pub fn replicate(&mut self) {
+        if self.role == Role::Leader {
+            self.broadcast_append(false);
+            self.maybe_commit();
+        }
+    }
+
+    /// A linearizable read arrived (ReadIndex). Reads are batched: all reads
+    /// that arrive while a confirmation round is open share the next round.
+    pub fn read(&mut self, id: ReadId) {
+        if self.role != Role::Leader {
+            self.ready.failed_reads.push(id);
+            return;
+        }
+        if self.commit < self.term_start_index {
+            self.early_reads.push(id);
+            return;
+        }
+        self.queue_read(id);
+    }
+
+    fn queue_read(&mut self, id: ReadId) {
+        // The round that confirms this read must start after it arrived: if one
+        // is open, this read waits for the next.
+        self.pending_reads.push(PendingRead {
+            id,
+            round: self.read_round + 1,
+            index: self.commit,
+        });
+        if !self.read_round_open {
+            self.start_read_round();
+        }
+    }
+
+    fn start_read_round(&mut self) {
+        self.read_round += 1;
+        self.read_round_open = true;
+        if self.quorum() == 1 {
+            self.confirm_reads();
+        } else {
+            self.broadcast_append(true);
+        }
+    }
+
+    fn confirm_reads(&mut self) {
+        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
+        rounds.push(self.read_round); // the leader confirms its own round
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = rounds[self.quorum() - 1];
+        let (ready, waiting): (Vec<_>, Vec<_>) = self.pending_reads.drain(..).partition(|r| r.round <= confirmed);
+        self.pending_reads = waiting;
+        self.ready.reads.extend(ready.into_iter().map(|r| (r.id, r.index)));
+        if confirmed >= self.read_round {
+            self.read_round_open = false;
+            if !self.pending_reads.is_empty() {
+                self.start_read_round();
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    /// The leader's heartbeat timer fired.
+    pub fn heartbeat(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        self.heartbeat_rounds += 1;
+        self.broadcast_append(true);
+    }
+
+    /// Called once per election timeout while leading: a leader that has not
+    /// heard from a majority in that time steps down, so a minority side of a
+    /// partition stops claiming leadership.
+    pub fn check_quorum(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let active = 1 + self.progress.values().filter(|p| p.recently_active).count();
+        for progress in self.progress.values_mut() {
+            progress.recently_active = false;
+        }
+        if active < self.quorum() {
+            let term = self.hard.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    /// The trim timer fired: the leader picks the index every live node has
+    /// applied and flushed; everyone, itself included, drops its log up to it.
+    /// Nodes that did not answer since the last tick are left out (they will
+    /// catch up through a snapshot) so one dead node cannot stop trimming.
+    pub fn trim_tick(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let live: Vec<LogIndex> = self
+            .progress
+            .values()
+            .filter(|p| p.active_since_trim)
+            .map(|p| p.flushed_index)
+            .collect();
+        for progress in self.progress.values_mut() {
+            progress.active_since_trim = false;
+        }
+        if live.is_empty() && !self.progress.is_empty() {
+            return; // heard from nobody: no basis to trim on
+        }
+        let live_min = live.into_iter().min().unwrap_or(self.flushed);
+        self.trim_to = self.trim_to.max(live_min.min(self.flushed).min(self.commit));
+        self.compact(self.trim_to);
+    }
+
+    /// This node's state store has flushed everything up to `index`.
+    pub fn set_flushed(&mut self, index: LogIndex) {
+        self.flushed = self.flushed.max(index);
+    }
+
+    fn compact(&mut self, upto: LogIndex) {
+        // Never drop what this node's own store could not rebuild after a crash.
+        let upto = upto.min(self.flushed).min(self.commit).min(self.durable);
+        if upto > self.log.start_index() {
+            self.log.compact_to(upto);
+            self.ready.compact_to = Some(upto);
+        }
+    }
+
+    // ----- durability -----
+
+    /// The log is durable up to `index`, whose entry had `term` when written.
+    pub fn persisted(&mut self, index: LogIndex, term: Term) {
+        // A durability notice for entries that were replaced meanwhile says nothing
+        // about the entries now at those indexes (invariant 6).
+        if self.log.term(index) == Some(term) && index > self.durable {
+            self.durable = index;
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
+    }
+
+    // ----- replication, leader side -----
+
+    fn broadcast_append(&mut self, heartbeat: bool) {
+        let peers: Vec<NodeId> = self.peers().collect();
+        for peer in peers {
+            self.send_append(peer, heartbeat);
+        }
+    }
+
+    fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+        let Some(progress) = self.progress.get(&peer) else { return };
+        let next = progress.next_index;
+        if next <= self.log.start_index() {
+            self.request_snapshot(peer);
+            return;
+        }
+        let in_flight = next.saturating_sub(progress.match_index + 1);
+        let has_new = next <= self.log.last_index();
+        let can_send = has_new && in_flight < self.config.max_inflight_entries;
+        if !can_send && !heartbeat {
+            return;
+        }
+        let entries = if can_send {
+            self.log.slice(next, self.config.max_batch_entries)
+        } else {
+            Vec::new()
+        };
+        let prev_log_index = next - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            self.request_snapshot(peer);
+            return;
+        };
+        if let (Some(last), Some(progress)) = (entries.last(), self.progress.get_mut(&peer)) {
+            progress.next_index = last.index + 1;
+        }
+        let message = PeerMessage::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit,
+            read_round: self.read_round,
+            trim_to: self.trim_to,
+        };
+        let envelope = self.envelope(peer, message);
+        self.ready.messages.push(envelope);
+    }
+
+    fn request_snapshot(&mut self, peer: NodeId) {
+        let round = self.heartbeat_rounds;
+        let retry = self.config.snapshot_retry_rounds;
+        let Some(progress) = self.progress.get_mut(&peer) else { return };
+        let due = match progress.snapshot_requested_at {
+            None => true,
+            Some(at) => round >= at + retry,
+        };
+        if due {
+            progress.snapshot_requested_at = Some(round);
+            self.ready.snapshots_needed.push(peer);
+        }
+    }
+
+    /// The caller took a snapshot of the state store (applied up to `index`, of
+    /// `term`) for `peer`, while this core was in `taken_in_term`.
+    pub fn send_snapshot(&mut self, peer: NodeId, taken_in_term: Term, index: LogIndex, term: Term, data: Vec<u8>) {
+        if self.role != Role::Leader || self.hard.term != taken_in_term || !self.progress.contains_key(&peer) {
+            return;
+        }
+        let message = PeerMessage::InstallSnapshot {
+            last_index: index,
+            last_term: term,
+            data,
+            read_round: self.read_round,
+        };
+        let envelope = self.envelope(peer, message);
+        self.ready.messages.push(envelope);
+    }
+
+    fn maybe_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matched.push(self.durable);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let majority_index = matched[self.quorum() - 1];
+        // Invariant 6: only an entry of the current term commits by counting.
+        if majority_index > self.commit && self.log.term(majority_index) == Some(self.hard.term) {
+            self.advance_commit(majority_index);
+            if self.commit >= self.term_start_index && !self.early_reads.is_empty() {
+                for id in std::mem::take(&mut self.early_reads) {
+                    self.queue_read(id);
+                }
+            }
+        }
+    }
+
+    fn advance_commit(&mut self, index: LogIndex) {
+        let index = index.min(self.log.last_index());
+        if index <= self.commit {
+            return;
+        }
+        self.commit = index;
+        // Invariant 7: release each committed entry once, in order.
+        let from = self.released + 1;
+        if from <= index {
+            let count = (index - from + 1) as usize;
+            self.ready.committed.extend(self.log.slice(from, count));
+            self.released = index;
+        }
+    }
+
+    fn on_append_response(&mut self, from: NodeId, success: bool, match_index: LogIndex, hint: LogIndex, read_round: u64, flushed: LogIndex) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else { return };
+        progress.recently_active = true;
+        progress.active_since_trim = true;
+        progress.flushed_index = progress.flushed_index.max(flushed);
+        progress.read_round = progress.read_round.max(read_round);
+        if success {
+            progress.match_index = progress.match_index.max(match_index.min(last_index));
+            progress.next_index = progress.next_index.max(progress.match_index + 1);
+        } else {
+            // Back off to the follower's hint, never below what it is known to hold.
+            progress.next_index = hint.max(progress.match_index + 1).min(last_index + 1);
+        }
+        if success {
+            self.maybe_commit();
+        }
+        self.send_append(from, !success);
+        if self.read_round_open {
+            self.confirm_reads();
+        }
+    }
+
+    // ----- peer messages -----
+
+    /// Handles one message from a peer.
+    pub fn step(&mut self, envelope: PeerEnvelope) {
+        if envelope.to != self.config.id || !self.config.members.contains(&envelope.from) || envelope.from == self.config.id {
+            return;
+        }
+        let from = envelope.from;
+        // Invariant 4: a newer term makes us its follower before anything else.
+        if envelope.term > self.hard.term {
+            let leader = match envelope.message {
+                PeerMessage::AppendEntries { .. } | PeerMessage::InstallSnapshot { .. } => Some(from),
+                _ => None,
+            };
+            self.become_follower(envelope.term, leader);
+        }
+        let stale = envelope.term < self.hard.term;
+        match envelope.message {
+            PeerMessage::RequestVote {
+                last_log_index,
+                last_log_term,
+            } => self.on_request_vote(from, stale, last_log_index, last_log_term),
+            PeerMessage::VoteResponse { granted } => {
+                if !stale && granted && self.role == Role::Candidate {
+                    self.votes.insert(from);
+                    if self.votes.len() >= self.quorum() {
+                        self.become_leader();
+                    }
+                }
+            }
+            PeerMessage::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_round,
+                trim_to,
+            } => {
+                if stale {
+                    // Invariant 3: tell the old leader our term; change nothing.
+                    self.reply_append(from, false, 0, 0, read_round);
+                } else {
+                    self.on_append_entries(from, prev_log_index, prev_log_term, entries, leader_commit, read_round, trim_to);
+                }
+            }
+            PeerMessage::AppendResponse {
+                success,
+                match_index,
+                hint,
+                read_round,
+                flushed_index,
+            } => {
+                if !stale {
+                    self.on_append_response(from, success, match_index, hint, read_round, flushed_index);
+                }
+            }
+            PeerMessage::InstallSnapshot {
+                last_index,
+                last_term,
+                data,
+                read_round,
+            } => {
+                if stale {
+                    self.reply_append(from, false, 0, 0, read_round);
+                } else {
+                    self.on_install_snapshot(from, last_index, last_term, data, read_round);
+                }
+            }
+            PeerMessage::SnapshotResponse { last_index, read_round } => {
+                if !stale && self.role == Role::Leader {
+                    if let Some(progress) = self.progress.get_mut(&from) {
+                        progress.snapshot_requested_at = None;
+                    }
+                    // The follower now holds everything up to the snapshot, durably.
+                    self.on_append_response(from, true, last_index, 0, read_round, last_index);
+                }
+            }
+        }
+    }
+
+    fn on_request_vote(&mut self, candidate: NodeId, stale: bool, last_log_index: LogIndex, last_log_term: Term) {
+        // Invariant 2 and the up-to-date check, against the log as it is now.
+        let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let free = matches!(self.hard.voted_for, None) || self.hard.voted_for == Some(candidate);
+        let granted = !stale && free && up_to_date && self.role != Role::Leader;
+        if granted {
+            self.set_hard_state(HardState {
+                term: self.hard.term,
+                voted_for: Some(candidate),
+            });
+            self.ready.reset_election_timer = true;
+        }
+        let reply = self.envelope(candidate, PeerMessage::VoteResponse { granted });
+        self.ready.after_persist.push(reply);
+    }
+
+    fn reply_append(&mut self, to: NodeId, success: bool, match_index: LogIndex, hint: LogIndex, read_round: u64) {
+        let message = PeerMessage::AppendResponse {
+            success,
+            match_index,
+            hint,
+            read_round,
+            flushed_index: self.flushed,
+        };
+        let reply = self.envelope(to, message);
+        // A success claims durability of the entries it matched, so it waits for the disk.
+        self.ready.after_persist.push(reply);
+    }
+
+    fn accept_leader(&mut self, leader: NodeId) {
+        // Same term: a candidate that hears from the term's leader steps back.
+        if self.role != Role::Follower || self.leader != Some(leader) {
+            let term = self.hard.term;
+            self.become_follower(term, Some(leader));
+        }
+        self.ready.reset_election_timer = true;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append_entries(
+        &mut self,
+        leader: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+        read_round: u64,
+        trim_to: LogIndex,
+    ) {
+        if self.role == Role::Leader {
+            // Two leaders in one term cannot happen; refuse rather than corrupt.
+            tracing::error!(leader, term = self.hard.term, "append from another leader of my own term: ignored");
+            return;
+        }
+        self.accept_leader(leader);
+        let start = self.log.start_index();
+        // Entries at or before our start point are committed and already here.
+        let (prev_log_index, prev_log_term, entries) = if prev_log_index < start {
+            let rest: Vec<Entry> = entries.into_iter().filter(|e| e.index > start).collect();
+            (start, self.log.start_term(), rest)
+        } else {
+            (prev_log_index, prev_log_term, entries)
+        };
+        match self.log.term(prev_log_index) {
+            None => {
+                let hint = self.log.last_index() + 1;
+                self.reply_append(leader, false, 0, hint, read_round);
+                return;
+            }
+            Some(term) if term != prev_log_term => {
+                let hint = self.log.first_index_of_term_at(prev_log_index).max(self.commit + 1);
+                self.reply_append(leader, false, 0, hint, read_round);
+                return;
+            }
+            Some(_) => {}
+        }
+        let match_index = prev_log_index + entries.len() as LogIndex;
+        // Invariant 5: skip entries we already hold, truncate only at the first conflict.
+        let held = entries.iter().take_while(|e| self.log.term(e.index) == Some(e.term)).count();
+        let mut new_entries = entries.into_iter().skip(held).peekable();
+        if let Some(first) = new_entries.peek() {
+            if first.index <= self.commit {
+                tracing::error!(index = first.index, commit = self.commit, "leader asked to overwrite a committed entry: refused");
+                self.reply_append(leader, false, 0, self.commit + 1, read_round);
+                return;
+            }
+            self.log.truncate_from(first.index);
+            self.durable = self.durable.min(first.index - 1);
+        }
+        for entry in new_entries {
+            self.log.push(entry.clone());
+            self.ready.entries.push(entry);
+        }
+        self.advance_commit(leader_commit.min(match_index));
+        self.compact(trim_to);
+        self.reply_append(leader, true, match_index, 0, read_round);
+    }
+
+    fn on_install_snapshot(&mut self, leader: NodeId, index: LogIndex, term: Term, data: Vec<u8>, read_round: u64) {
+        if self.role == Role::Leader {
+            return;
+        }
+        self.accept_leader(leader);
+        if index <= self.commit {
+            // Already have all of it: just say so.
+            let reply = self.envelope(leader, PeerMessage::SnapshotResponse { last_index: self.commit, read_round });
+            self.ready.after_persist.push(reply);
+            return;
+        }
+        if self.log.term(index) == Some(term) {
+            // Our log already continues the snapshot: keep the suffix (Raft §7).
+            self.log.compact_to(index);
+        } else {
+            self.log.reset_to(index, term);
+        }
+        self.durable = self.durable.min(self.log.last_index());
+        self.commit = index;
+        self.released = index;
+        self.flushed = index;
+        self.ready.install_snapshot = Some(SnapshotToInstall { index, term, data });
+        self.ready.log_reset = Some((index, term));
+        self.ready.entries = self.log.slice(index + 1, usize::MAX);
+        let reply = self.envelope(leader, PeerMessage::SnapshotResponse { last_index: index, read_round });
+        self.ready.after_persist.push(reply);
+    }
+}

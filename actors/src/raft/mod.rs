@@ -1,0 +1,10 @@
+//! Raft's rules as a pure core (no I/O, no clock), and the in-memory log it reasons about.
+
+mod core;
+mod log;
+
+pub use self::core::{CoreConfig, HardState, RaftCore, ReadId, Ready, SnapshotToInstall};
+pub use self::log::MemLog;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,537 @@
+//! The core's rules, one test per rule, without sockets or clocks.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, Role, Term};
+
+use super::*;
+
+fn config(id: NodeId, members: &[NodeId]) -> CoreConfig {
+    CoreConfig {
+        id,
+        members: members.to_vec(),
+        max_batch_entries: 64,
+        max_inflight_entries: 1024,
+        snapshot_retry_rounds: 5,
+    }
+}
+
+fn entry(index: LogIndex, term: Term) -> Entry {
+    Entry {
+        index,
+        term,
+        request_id: 0,
+        command: Command::Put {
+            key: format!("k{index}"),
+            value: format!("v{term}"),
+            session: None,
+        },
+    }
+}
+
+fn core_with_log(id: NodeId, members: &[NodeId], term: Term, entries: Vec<Entry>) -> RaftCore {
+    let hard = HardState { term, voted_for: None };
+    RaftCore::new(config(id, members), hard, MemLog::new(0, 0, entries), 0)
+}
+
+fn envelope(from: NodeId, to: NodeId, term: Term, message: PeerMessage) -> PeerEnvelope {
+    PeerEnvelope { from, to, term, message }
+}
+
+fn vote_request(from: NodeId, to: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) -> PeerEnvelope {
+    envelope(
+        from,
+        to,
+        term,
+        PeerMessage::RequestVote {
+            last_log_index,
+            last_log_term,
+        },
+    )
+}
+
+fn granted(ready: &Ready) -> Option<bool> {
+    ready.after_persist.iter().find_map(|m| match m.message {
+        PeerMessage::VoteResponse { granted } => Some(granted),
+        _ => None,
+    })
+}
+
+fn append(from: NodeId, to: NodeId, term: Term, prev: (LogIndex, Term), entries: Vec<Entry>, commit: LogIndex) -> PeerEnvelope {
+    envelope(
+        from,
+        to,
+        term,
+        PeerMessage::AppendEntries {
+            prev_log_index: prev.0,
+            prev_log_term: prev.1,
+            entries,
+            leader_commit: commit,
+            read_round: 0,
+            trim_to: 0,
+        },
+    )
+}
+
+fn append_reply(ready: &Ready) -> Option<(bool, LogIndex, LogIndex)> {
+    ready.after_persist.iter().find_map(|m| match m.message {
+        PeerMessage::AppendResponse {
+            success,
+            match_index,
+            hint,
+            ..
+        } => Some((success, match_index, hint)),
+        _ => None,
+    })
+}
+
+// ----- vote granting -----
+
+#[test]
+fn vote_is_granted_once_per_term_and_persisted_before_the_reply() {
+    let mut node = core_with_log(1, &[1, 2, 3], 1, vec![]);
+    node.step(vote_request(2, 1, 2, 0, 0));
+    let ready = node.take_ready();
+    assert_eq!(granted(&ready), Some(true));
+    assert_eq!(ready.hard_state, Some(HardState { term: 2, voted_for: Some(2) }));
+    assert!(ready.messages.is_empty(), "a vote reply must wait for the hard state to be durable");
+
+    node.step(vote_request(3, 1, 2, 0, 0));
+    let ready = node.take_ready();
+    assert_eq!(granted(&ready), Some(false), "second candidate of the same term");
+    assert_eq!(ready.hard_state, None);
+
+    node.step(vote_request(2, 1, 2, 0, 0));
+    assert_eq!(granted(&node.take_ready()), Some(true), "the same candidate may ask again");
+}
+
+#[test]
+fn vote_requires_a_log_at_least_as_up_to_date() {
+    let log = vec![entry(1, 1), entry(2, 2)];
+    // (candidate last index, last term, granted?)
+    let table = [
+        (2, 2, true),  // equal
+        (3, 2, true),  // longer, same term
+        (1, 3, true),  // shorter but newer term
+        (1, 2, false), // shorter, same term
+        (5, 1, false), // longer but older term
+    ];
+    for (index, term, expect) in table {
+        let mut node = core_with_log(1, &[1, 2, 3], 2, log.clone());
+        node.step(vote_request(2, 1, 3, index, term));
+        assert_eq!(granted(&node.take_ready()), Some(expect), "candidate log ({index}, {term})");
+    }
+}
+
+#[test]
+fn stale_term_vote_is_refused_and_changes_nothing() {
+    let mut node = core_with_log(1, &[1, 2, 3], 5, vec![]);
+    node.step(vote_request(2, 1, 4, 10, 4));
+    let ready = node.take_ready();
+    assert_eq!(granted(&ready), Some(false));
+    assert_eq!(ready.hard_state, None);
+    assert_eq!(ready.after_persist[0].term, 5, "the refusal tells the candidate our term");
+}
+
+#[test]
+fn higher_term_clears_the_vote_and_demotes_a_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.nodes.get_mut(&1).unwrap().step(vote_request(2, 1, 9, 0, 0));
+    let node = &cluster.nodes[&1];
+    assert_eq!(node.role(), Role::Follower);
+    assert_eq!(node.term(), 9);
+    // Node 1's log is longer than (0, 0): the vote is refused even in the new term.
+    assert_eq!(node.hard_state().voted_for, None);
+}
+
+#[test]
+fn election_timeout_persists_term_and_self_vote_before_asking() {
+    let mut node = core_with_log(1, &[1, 2, 3], 3, vec![entry(1, 3)]);
+    node.election_timeout();
+    let ready = node.take_ready();
+    assert_eq!(ready.hard_state, Some(HardState { term: 4, voted_for: Some(1) }));
+    assert!(ready.messages.is_empty());
+    assert_eq!(ready.after_persist.len(), 2);
+    for request in &ready.after_persist {
+        assert_eq!(
+            request.message,
+            PeerMessage::RequestVote {
+                last_log_index: 1,
+                last_log_term: 3
+            }
+        );
+    }
+    assert_eq!(node.role(), Role::Candidate);
+}
+
+// ----- log matching -----
+
+#[test]
+fn append_with_a_missing_prev_entry_is_refused_with_a_hint() {
+    let mut node = core_with_log(2, &[1, 2, 3], 1, vec![entry(1, 1)]);
+    node.step(append(1, 2, 1, (3, 1), vec![entry(4, 1)], 0));
+    assert_eq!(append_reply(&node.take_ready()), Some((false, 0, 2)));
+    assert_eq!(node.log().last_index(), 1);
+}
+
+#[test]
+fn append_with_a_conflicting_prev_term_is_refused_and_hints_the_term_start() {
+    let mut node = core_with_log(2, &[1, 2, 3], 3, vec![entry(1, 1), entry(2, 2), entry(3, 2)]);
+    node.step(append(1, 2, 3, (3, 3), vec![entry(4, 3)], 0));
+    assert_eq!(append_reply(&node.take_ready()), Some((false, 0, 2)));
+    assert_eq!(node.log().last_index(), 3, "a refused append changes nothing");
+}
+
+#[test]
+fn conflicting_suffix_is_truncated_and_replaced() {
+    let mut node = core_with_log(2, &[1, 2, 3], 3, vec![entry(1, 1), entry(2, 2), entry(3, 2)]);
+    node.step(append(1, 2, 3, (1, 1), vec![entry(2, 3)], 0));
+    let ready = node.take_ready();
+    assert_eq!(append_reply(&ready), Some((true, 2, 0)));
+    assert_eq!(ready.entries, vec![entry(2, 3)]);
+    assert_eq!(node.log().last_index(), 2);
+    assert_eq!(node.log().term(2), Some(3));
+}
+
+#[test]
+fn an_old_duplicate_append_does_not_truncate_newer_entries() {
+    let mut node = core_with_log(2, &[1, 2, 3], 1, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+    // A delayed copy of an earlier message: entries already present, nothing may be lost.
+    node.step(append(1, 2, 1, (0, 0), vec![entry(1, 1)], 0));
+    let ready = node.take_ready();
+    assert_eq!(append_reply(&ready), Some((true, 1, 0)));
+    assert!(ready.entries.is_empty());
+    assert_eq!(node.log().last_index(), 3);
+}
+
+#[test]
+fn committed_entries_are_never_truncated() {
+    let mut node = core_with_log(2, &[1, 2, 3], 2, vec![entry(1, 1), entry(2, 2)]);
+    node.step(append(1, 2, 2, (2, 2), vec![], 2));
+    assert_eq!(node.commit_index(), 2);
+    node.take_ready();
+    // A (buggy or forged) leader of the same term tries to rewrite index 2.
+    node.step(append(1, 2, 2, (1, 1), vec![entry(2, 1)], 2));
+    let ready = node.take_ready();
+    assert_eq!(append_reply(&ready).map(|r| r.0), Some(false));
+    assert_eq!(node.log().term(2), Some(2));
+}
+
+#[test]
+fn stale_leader_append_changes_nothing() {
+    let mut node = core_with_log(2, &[1, 2, 3], 5, vec![entry(1, 1)]);
+    node.step(append(1, 2, 4, (1, 1), vec![entry(2, 4)], 2));
+    let ready = node.take_ready();
+    assert_eq!(append_reply(&ready).map(|r| r.0), Some(false));
+    assert_eq!(ready.after_persist[0].term, 5);
+    assert_eq!(node.log().last_index(), 1);
+    assert_eq!(node.commit_index(), 0);
+    assert!(!ready.reset_election_timer);
+}
+
+#[test]
+fn follower_commit_is_bounded_by_what_the_leader_proved_matches() {
+    // The follower holds a stale entry at 3 (term 1) that the leader does not have.
+    let mut node = core_with_log(2, &[1, 2, 3], 2, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+    node.step(append(1, 2, 2, (1, 1), vec![], 5));
+    assert_eq!(node.commit_index(), 1, "only index 1 is proven to match");
+    assert!(node.take_ready().committed.iter().all(|e| e.index == 1));
+}
+
+// ----- commit counting -----
+
+#[test]
+fn leader_commits_only_after_its_own_fsync_and_a_majority() {
+    let mut leader = core_with_log(1, &[1, 2, 3], 0, vec![]);
+    leader.election_timeout();
+    leader.take_ready();
+    leader.step(envelope(2, 1, 1, PeerMessage::VoteResponse { granted: true }));
+    assert_eq!(leader.role(), Role::Leader);
+    let ready = leader.take_ready();
+    assert_eq!(ready.entries.len(), 1, "the no-op of the new term");
+    // Follower 2 acknowledges the no-op, but the leader's own write is not durable yet.
+    leader.step(append_response(2, 1, 1, true, 1));
+    assert_eq!(leader.commit_index(), 0);
+    leader.persisted(1, 1);
+    assert_eq!(leader.commit_index(), 1);
+    assert_eq!(leader.take_ready().committed.len(), 1);
+}
+
+fn append_response(from: NodeId, to: NodeId, term: Term, success: bool, match_index: LogIndex) -> PeerEnvelope {
+    envelope(
+        from,
+        to,
+        term,
+        PeerMessage::AppendResponse {
+            success,
+            match_index,
+            hint: 0,
+            read_round: 0,
+            flushed_index: 0,
+        },
+    )
+}
+
+#[test]
+fn entries_of_an_earlier_term_do_not_commit_by_counting() {
+    // Raft paper figure 8: the leader of term 4 holds an entry of term 2 at index 2.
+    let mut leader = core_with_log(1, &[1, 2, 3, 4, 5], 3, vec![entry(1, 1), entry(2, 2)]);
+    leader.election_timeout();
+    for peer in [2, 3] {
+        leader.step(envelope(peer, 1, 4, PeerMessage::VoteResponse { granted: true }));
+    }
+    assert_eq!(leader.role(), Role::Leader);
+    leader.persisted(2, 2);
+    // A majority holds index 2 (term 2) but not the leader's no-op at 3.
+    for peer in [2, 3] {
+        leader.step(append_response(peer, 1, 4, true, 2));
+    }
+    assert_eq!(leader.commit_index(), 0);
+    leader.persisted(3, 4);
+    for peer in [2, 3] {
+        leader.step(append_response(peer, 1, 4, true, 3));
+    }
+    assert_eq!(leader.commit_index(), 3, "the term-4 no-op commits, and index 2 with it");
+}
+
+#[test]
+fn responses_from_an_old_term_do_not_advance_commit() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let term = cluster.nodes[&1].term();
+    let leader = cluster.nodes.get_mut(&1).unwrap();
+    leader.propose(Command::Noop, 0);
+    let commit = leader.commit_index();
+    leader.persisted(leader.log().last_index(), term);
+    leader.step(append_response(2, 1, term - 1, true, 10));
+    assert_eq!(leader.commit_index(), commit);
+}
+
+// ----- reads -----
+
+#[test]
+fn read_waits_for_a_majority_round_started_after_it() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let leader = cluster.nodes.get_mut(&1).unwrap();
+    leader.take_ready();
+    leader.read(7);
+    let ready = leader.take_ready();
+    assert!(ready.reads.is_empty());
+    let round = ready
+        .messages
+        .iter()
+        .find_map(|m| match m.message {
+            PeerMessage::AppendEntries { read_round, .. } => Some(read_round),
+            _ => None,
+        })
+        .expect("a confirmation round is broadcast");
+    // An answer to an earlier round does not count.
+    let term = leader.term();
+    let reply = |from, read_round| {
+        envelope(
+            from,
+            1,
+            term,
+            PeerMessage::AppendResponse {
+                success: true,
+                match_index: 1,
+                hint: 0,
+                read_round,
+                flushed_index: 0,
+            },
+        )
+    };
+    leader.step(reply(2, round - 1));
+    assert!(leader.take_ready().reads.is_empty());
+    leader.step(reply(2, round));
+    let commit = leader.commit_index();
+    assert_eq!(leader.take_ready().reads, vec![(7, commit)]);
+}
+
+#[test]
+fn pending_reads_fail_when_leadership_is_lost() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let leader = cluster.nodes.get_mut(&1).unwrap();
+    leader.take_ready();
+    leader.read(1);
+    leader.take_ready();
+    let term = leader.term();
+    leader.step(append(2, 1, term + 1, (0, 0), vec![], 0));
+    let ready = leader.take_ready();
+    assert_eq!(ready.failed_reads, vec![1]);
+    assert!(ready.reads.is_empty());
+}
+
+#[test]
+fn leader_without_a_majority_steps_down_on_check_quorum() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let leader = cluster.nodes.get_mut(&1).unwrap();
+    leader.check_quorum(); // clears the marks set when it was elected
+    leader.check_quorum();
+    assert_eq!(leader.role(), Role::Follower);
+}
+
+// ----- a small deterministic cluster -----
+
+/// Cores wired by a queue; persistence is immediate, messages are delivered in order.
+struct Cluster {
+    nodes: BTreeMap<NodeId, RaftCore>,
+    queue: VecDeque<PeerEnvelope>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    down: Vec<NodeId>,
+    /// (leader, follower) pairs for which a snapshot was asked.
+    snapshot_requests: Vec<(NodeId, NodeId)>,
+}
+
+impl Cluster {
+    fn new(members: &[NodeId]) -> Self {
+        let nodes = members
+            .iter()
+            .map(|&id| (id, core_with_log(id, members, 0, vec![])))
+            .collect();
+        Cluster {
+            nodes,
+            queue: VecDeque::new(),
+            applied: BTreeMap::new(),
+            down: vec![],
+            snapshot_requests: vec![],
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        loop {
+            let ready = node.take_ready();
+            self.snapshot_requests.extend(ready.snapshots_needed.iter().map(|&peer| (id, peer)));
+            if ready.nothing_to_persist() && ready.messages.is_empty() && ready.after_persist.is_empty() && ready.committed.is_empty() {
+                break;
+            }
+            if let Some(last) = ready.entries.last() {
+                node.persisted(last.index, last.term);
+            }
+            self.applied.entry(id).or_default().extend(ready.committed);
+            self.queue.extend(ready.messages);
+            self.queue.extend(ready.after_persist);
+        }
+    }
+
+    fn run(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+        while let Some(message) = self.queue.pop_front() {
+            if self.down.contains(&message.to) || self.down.contains(&message.from) {
+                continue;
+            }
+            let to = message.to;
+            if let Some(node) = self.nodes.get_mut(&to) {
+                node.step(message);
+            }
+            self.drain(to);
+        }
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).unwrap().election_timeout();
+        self.run();
+        assert_eq!(self.nodes[&id].role(), Role::Leader);
+    }
+}
+
+#[test]
+fn a_cluster_elects_replicates_and_applies_the_same_entries_everywhere() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(2);
+    for i in 0..5 {
+        let command = Command::Put {
+            key: format!("k{i}"),
+            value: "v".into(),
+            session: None,
+        };
+        cluster.nodes.get_mut(&2).unwrap().propose(command, i).unwrap();
+        cluster.nodes.get_mut(&2).unwrap().replicate();
+    }
+    cluster.run();
+    // One more heartbeat carries the final commit index to the followers.
+    cluster.nodes.get_mut(&2).unwrap().heartbeat();
+    cluster.run();
+    let reference = cluster.applied[&2].clone();
+    assert_eq!(reference.len(), 6, "no-op plus five puts");
+    for id in [1, 3] {
+        assert_eq!(cluster.applied[&id], reference, "node {id} applied the same entries");
+    }
+}
+
+#[test]
+fn a_new_leader_keeps_every_committed_entry() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let command = Command::Put {
+        key: "k".into(),
+        value: "v".into(),
+        session: None,
+    };
+    let (index, _) = cluster.nodes.get_mut(&1).unwrap().propose(command, 1).unwrap();
+    cluster.nodes.get_mut(&1).unwrap().replicate();
+    cluster.run();
+    assert!(cluster.nodes[&1].commit_index() >= index);
+    cluster.down.push(1);
+    cluster.elect(3);
+    let new_leader = &cluster.nodes[&3];
+    assert!(new_leader.log().entry(index).is_some_and(|e| e.term == 1));
+}
+
+#[test]
+fn a_lagging_follower_is_brought_up_to_date_across_a_conflict() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    // Node 3 misses several entries.
+    cluster.down.push(3);
+    for i in 0..10 {
+        cluster.nodes.get_mut(&1).unwrap().propose(Command::Noop, i).unwrap();
+        cluster.nodes.get_mut(&1).unwrap().replicate();
+    }
+    cluster.run();
+    cluster.down.clear();
+    cluster.nodes.get_mut(&1).unwrap().heartbeat();
+    cluster.run();
+    cluster.nodes.get_mut(&1).unwrap().heartbeat();
+    cluster.run();
+    assert_eq!(cluster.nodes[&3].log().last_index(), cluster.nodes[&1].log().last_index());
+    assert_eq!(cluster.nodes[&3].commit_index(), cluster.nodes[&1].commit_index());
+}
+
+#[test]
+fn trimmed_entries_are_replaced_by_a_snapshot_request() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.down.push(3);
+    for i in 0..10 {
+        cluster.nodes.get_mut(&1).unwrap().propose(Command::Noop, i).unwrap();
+        cluster.nodes.get_mut(&1).unwrap().replicate();
+    }
+    cluster.run();
+    // Node 3 answered before it went down: the first tick still waits for it.
+    cluster.nodes.get_mut(&1).unwrap().trim_tick();
+    assert_eq!(cluster.nodes[&1].log().first_index(), 1);
+    for node in cluster.nodes.values_mut() {
+        node.set_flushed(11);
+    }
+    cluster.nodes.get_mut(&1).unwrap().heartbeat();
+    cluster.run();
+    let leader = cluster.nodes.get_mut(&1).unwrap();
+    assert_eq!((leader.commit_index(), leader.durable_index()), (11, 11));
+    leader.trim_tick(); // node 3 answered nothing since the last tick: left out
+    let ready = leader.take_ready();
+    assert_eq!(ready.compact_to, Some(11));
+    assert_eq!(leader.log().first_index(), 12);
+    cluster.down.clear();
+    cluster.nodes.get_mut(&1).unwrap().heartbeat();
+    cluster.run();
+    assert_eq!(cluster.snapshot_requests, vec![(1, 3)]);
+}

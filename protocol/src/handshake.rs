@@ -1,0 +1,138 @@
+//! The first frame on every connection, in both directions.
+//!
+//! The connecting side sends a [`Hello`]; the accepting side answers with a
+//! [`HelloReply`] and, on rejection, closes the connection. Nothing else is
+//! read before the handshake is accepted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// Identifies a kvs connection; anything else on the port is rejected.
+pub const MAGIC: &str = "kvs";
+/// Bumped whenever a message changes incompatibly.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Who is connecting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Party {
+    Client,
+    Peer { node_id: NodeId },
+}
+
+/// The opening frame of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: String,
+    pub version: u16,
+    pub cluster_id: String,
+    pub party: Party,
+}
+
+impl Hello {
+    pub fn new(cluster_id: impl Into<String>, party: Party) -> Self {
+        Hello {
+            magic: MAGIC.to_string(),
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            party,
+        }
+    }
+
+    /// Checks a received hello against what this end expects.
+    pub fn check(&self, cluster_id: &str, expect_peer: bool) -> Result<(), (RejectReason, String)> {
+        if self.magic != MAGIC {
+            return Err((
+                RejectReason::BadMagic,
+                format!("expected magic {MAGIC:?}, got {:?}", self.magic),
+            ));
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Err((
+                RejectReason::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
+                    self.version
+                ),
+            ));
+        }
+        // A client may leave the cluster id empty (the C API has no place for it);
+        // a peer must always name the right cluster.
+        let client_without_id = self.party == Party::Client && self.cluster_id.is_empty();
+        if self.cluster_id != cluster_id && !client_without_id {
+            return Err((
+                RejectReason::WrongCluster,
+                format!(
+                    "this node belongs to cluster {cluster_id:?}, not {:?}",
+                    self.cluster_id
+                ),
+            ));
+        }
+        match (&self.party, expect_peer) {
+            (Party::Client, false) | (Party::Peer { .. }, true) => Ok(()),
+            (Party::Client, true) => Err((
+                RejectReason::WrongPort,
+                "this is a peer port; clients use the client port".into(),
+            )),
+            (Party::Peer { .. }, false) => Err((
+                RejectReason::WrongPort,
+                "this is a client port; peers use the peer port".into(),
+            )),
+        }
+    }
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    BadMagic,
+    UnsupportedVersion,
+    WrongCluster,
+    WrongPort,
+    UnknownNode,
+    Malformed,
+}
+
+/// The answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted {
+        node_id: NodeId,
+        version: u16,
+    },
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_cluster_is_refused_with_a_reason() {
+        let hello = Hello::new("other", Party::Client);
+        let (reason, message) = hello.check("kvs-local", false).unwrap_err();
+        assert_eq!(reason, RejectReason::WrongCluster);
+        assert!(message.contains("kvs-local"));
+        assert!(Hello::new("", Party::Client)
+            .check("kvs-local", false)
+            .is_ok());
+        assert!(Hello::new("", Party::Peer { node_id: 1 })
+            .check("kvs-local", true)
+            .is_err());
+    }
+
+    #[test]
+    fn a_client_on_the_peer_port_is_refused() {
+        let hello = Hello::new("c", Party::Client);
+        assert_eq!(
+            hello.check("c", true).unwrap_err().0,
+            RejectReason::WrongPort
+        );
+        assert!(Hello::new("c", Party::Peer { node_id: 2 })
+            .check("c", true)
+            .is_ok());
+    }
+}
