@@ -95,7 +95,9 @@ pub enum ClientError {
     EmptyKey,
     #[error("malformed request: {message}")]
     Malformed { message: String },
-    #[error("leadership changed before the write was committed; it may or may not be applied, retry with the same session")]
+    #[error(
+        "leadership changed before the write was committed; it may or may not be applied, retry with the same session"
+    )]
     OutcomeUnknown,
     #[error("the exactly-once session for this write has expired")]
     SessionExpired,

@@ -62,10 +62,7 @@ impl Hello {
         if self.cluster_id != cluster_id && !client_without_id {
             return Err((
                 RejectReason::WrongCluster,
-                format!(
-                    "this node belongs to cluster {cluster_id:?}, not {:?}",
-                    self.cluster_id
-                ),
+                format!("this node belongs to cluster {cluster_id:?}, not {:?}", self.cluster_id),
             ));
         }
         match (&self.party, expect_peer) {
@@ -96,14 +93,8 @@ pub enum RejectReason {
 /// The answer to a [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accepted {
-        node_id: NodeId,
-        version: u16,
-    },
-    Rejected {
-        reason: RejectReason,
-        message: String,
-    },
+    Accepted { node_id: NodeId, version: u16 },
+    Rejected { reason: RejectReason, message: String },
 }
 
 #[cfg(test)]
@@ -116,9 +107,7 @@ mod tests {
         let (reason, message) = hello.check("kvs-local", false).unwrap_err();
         assert_eq!(reason, RejectReason::WrongCluster);
         assert!(message.contains("kvs-local"));
-        assert!(Hello::new("", Party::Client)
-            .check("kvs-local", false)
-            .is_ok());
+        assert!(Hello::new("", Party::Client).check("kvs-local", false).is_ok());
         assert!(Hello::new("", Party::Peer { node_id: 1 })
             .check("kvs-local", true)
             .is_err());
@@ -127,12 +116,7 @@ mod tests {
     #[test]
     fn a_client_on_the_peer_port_is_refused() {
         let hello = Hello::new("c", Party::Client);
-        assert_eq!(
-            hello.check("c", true).unwrap_err().0,
-            RejectReason::WrongPort
-        );
-        assert!(Hello::new("c", Party::Peer { node_id: 2 })
-            .check("c", true)
-            .is_ok());
+        assert_eq!(hello.check("c", true).unwrap_err().0, RejectReason::WrongPort);
+        assert!(Hello::new("c", Party::Peer { node_id: 2 }).check("c", true).is_ok());
     }
 }

@@ -12,9 +12,7 @@ pub mod codec;
 pub mod handshake;
 pub mod peer;
 
-pub use client::{
-    ClientError, ClientRequest, ClientResponse, NodeStatus, Operation, Reply, Role, Session,
-};
+pub use client::{ClientError, ClientRequest, ClientResponse, NodeStatus, Operation, Reply, Role, Session};
 pub use codec::{decode, encode, frame_codec, WireError};
 pub use handshake::{Hello, HelloReply, Party, RejectReason, MAGIC, PROTOCOL_VERSION};
 pub use peer::{Command, Entry, PeerEnvelope, PeerMessage};

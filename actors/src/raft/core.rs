@@ -512,7 +512,9 @@ impl RaftCore {
     }
 
     fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
-        let Some(progress) = self.progress.get(&peer) else { return };
+        let Some(progress) = self.progress.get(&peer) else {
+            return;
+        };
         let next = progress.next_index;
         if next <= self.log.start_index() {
             self.request_snapshot(peer);
@@ -552,7 +554,9 @@ impl RaftCore {
     fn request_snapshot(&mut self, peer: NodeId) {
         let round = self.heartbeat_rounds;
         let retry = self.config.snapshot_retry_rounds;
-        let Some(progress) = self.progress.get_mut(&peer) else { return };
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
         let due = match progress.snapshot_requested_at {
             None => true,
             Some(at) => round >= at + retry,
@@ -613,12 +617,22 @@ impl RaftCore {
         }
     }
 
-    fn on_append_response(&mut self, from: NodeId, success: bool, match_index: LogIndex, hint: LogIndex, read_round: u64, flushed: LogIndex) {
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: LogIndex,
+        hint: LogIndex,
+        read_round: u64,
+        flushed: LogIndex,
+    ) {
         if self.role != Role::Leader {
             return;
         }
         let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recently_active = true;
         progress.active_since_trim = true;
         progress.flushed_index = progress.flushed_index.max(flushed);
@@ -643,7 +657,10 @@ impl RaftCore {
 
     /// Handles one message from a peer.
     pub fn step(&mut self, envelope: PeerEnvelope) {
-        if envelope.to != self.config.id || !self.config.members.contains(&envelope.from) || envelope.from == self.config.id {
+        if envelope.to != self.config.id
+            || !self.config.members.contains(&envelope.from)
+            || envelope.from == self.config.id
+        {
             return;
         }
         let from = envelope.from;
@@ -681,7 +698,15 @@ impl RaftCore {
                     // Invariant 3: tell the old leader our term; change nothing.
                     self.reply_append(from, false, 0, 0, read_round);
                 } else {
-                    self.on_append_entries(from, prev_log_index, prev_log_term, entries, leader_commit, read_round, trim_to);
+                    self.on_append_entries(
+                        from,
+                        prev_log_index,
+                        prev_log_term,
+                        entries,
+                        leader_commit,
+                        read_round,
+                        trim_to,
+                    );
                 }
             }
             PeerMessage::AppendResponse {
@@ -722,7 +747,7 @@ impl RaftCore {
     fn on_request_vote(&mut self, candidate: NodeId, stale: bool, last_log_index: LogIndex, last_log_term: Term) {
         // Invariant 2 and the up-to-date check, against the log as it is now.
         let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
-        let free = matches!(self.hard.voted_for, None) || self.hard.voted_for == Some(candidate);
+        let free = self.hard.voted_for.is_none() || self.hard.voted_for == Some(candidate);
         let granted = !stale && free && up_to_date && self.role != Role::Leader;
         if granted {
             self.set_hard_state(HardState {
@@ -770,7 +795,11 @@ impl RaftCore {
     ) {
         if self.role == Role::Leader {
             // Two leaders in one term cannot happen; refuse rather than corrupt.
-            tracing::error!(leader, term = self.hard.term, "append from another leader of my own term: ignored");
+            tracing::error!(
+                leader,
+                term = self.hard.term,
+                "append from another leader of my own term: ignored"
+            );
             return;
         }
         self.accept_leader(leader);
@@ -797,11 +826,18 @@ impl RaftCore {
         }
         let match_index = prev_log_index + entries.len() as LogIndex;
         // Invariant 5: skip entries we already hold, truncate only at the first conflict.
-        let held = entries.iter().take_while(|e| self.log.term(e.index) == Some(e.term)).count();
+        let held = entries
+            .iter()
+            .take_while(|e| self.log.term(e.index) == Some(e.term))
+            .count();
         let mut new_entries = entries.into_iter().skip(held).peekable();
         if let Some(first) = new_entries.peek() {
             if first.index <= self.commit {
-                tracing::error!(index = first.index, commit = self.commit, "leader asked to overwrite a committed entry: refused");
+                tracing::error!(
+                    index = first.index,
+                    commit = self.commit,
+                    "leader asked to overwrite a committed entry: refused"
+                );
                 self.reply_append(leader, false, 0, self.commit + 1, read_round);
                 return;
             }
@@ -824,7 +860,13 @@ impl RaftCore {
         self.accept_leader(leader);
         if index <= self.commit {
             // Already have all of it: just say so.
-            let reply = self.envelope(leader, PeerMessage::SnapshotResponse { last_index: self.commit, read_round });
+            let reply = self.envelope(
+                leader,
+                PeerMessage::SnapshotResponse {
+                    last_index: self.commit,
+                    read_round,
+                },
+            );
             self.ready.after_persist.push(reply);
             return;
         }
@@ -841,7 +883,13 @@ impl RaftCore {
         self.ready.install_snapshot = Some(SnapshotToInstall { index, term, data });
         self.ready.log_reset = Some((index, term));
         self.ready.entries = self.log.slice(index + 1, usize::MAX);
-        let reply = self.envelope(leader, PeerMessage::SnapshotResponse { last_index: index, read_round });
+        let reply = self.envelope(
+            leader,
+            PeerMessage::SnapshotResponse {
+                last_index: index,
+                read_round,
+            },
+        );
         self.ready.after_persist.push(reply);
     }
 }

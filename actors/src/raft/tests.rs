@@ -35,7 +35,12 @@ fn core_with_log(id: NodeId, members: &[NodeId], term: Term, entries: Vec<Entry>
 }
 
 fn envelope(from: NodeId, to: NodeId, term: Term, message: PeerMessage) -> PeerEnvelope {
-    PeerEnvelope { from, to, term, message }
+    PeerEnvelope {
+        from,
+        to,
+        term,
+        message,
+    }
 }
 
 fn vote_request(from: NodeId, to: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) -> PeerEnvelope {
@@ -57,7 +62,14 @@ fn granted(ready: &Ready) -> Option<bool> {
     })
 }
 
-fn append(from: NodeId, to: NodeId, term: Term, prev: (LogIndex, Term), entries: Vec<Entry>, commit: LogIndex) -> PeerEnvelope {
+fn append(
+    from: NodeId,
+    to: NodeId,
+    term: Term,
+    prev: (LogIndex, Term),
+    entries: Vec<Entry>,
+    commit: LogIndex,
+) -> PeerEnvelope {
     envelope(
         from,
         to,
@@ -93,8 +105,17 @@ fn vote_is_granted_once_per_term_and_persisted_before_the_reply() {
     node.step(vote_request(2, 1, 2, 0, 0));
     let ready = node.take_ready();
     assert_eq!(granted(&ready), Some(true));
-    assert_eq!(ready.hard_state, Some(HardState { term: 2, voted_for: Some(2) }));
-    assert!(ready.messages.is_empty(), "a vote reply must wait for the hard state to be durable");
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 2,
+            voted_for: Some(2)
+        })
+    );
+    assert!(
+        ready.messages.is_empty(),
+        "a vote reply must wait for the hard state to be durable"
+    );
 
     node.step(vote_request(3, 1, 2, 0, 0));
     let ready = node.take_ready();
@@ -102,7 +123,11 @@ fn vote_is_granted_once_per_term_and_persisted_before_the_reply() {
     assert_eq!(ready.hard_state, None);
 
     node.step(vote_request(2, 1, 2, 0, 0));
-    assert_eq!(granted(&node.take_ready()), Some(true), "the same candidate may ask again");
+    assert_eq!(
+        granted(&node.take_ready()),
+        Some(true),
+        "the same candidate may ask again"
+    );
 }
 
 #[test]
@@ -119,7 +144,11 @@ fn vote_requires_a_log_at_least_as_up_to_date() {
     for (index, term, expect) in table {
         let mut node = core_with_log(1, &[1, 2, 3], 2, log.clone());
         node.step(vote_request(2, 1, 3, index, term));
-        assert_eq!(granted(&node.take_ready()), Some(expect), "candidate log ({index}, {term})");
+        assert_eq!(
+            granted(&node.take_ready()),
+            Some(expect),
+            "candidate log ({index}, {term})"
+        );
     }
 }
 
@@ -130,7 +159,10 @@ fn stale_term_vote_is_refused_and_changes_nothing() {
     let ready = node.take_ready();
     assert_eq!(granted(&ready), Some(false));
     assert_eq!(ready.hard_state, None);
-    assert_eq!(ready.after_persist[0].term, 5, "the refusal tells the candidate our term");
+    assert_eq!(
+        ready.after_persist[0].term, 5,
+        "the refusal tells the candidate our term"
+    );
 }
 
 #[test]
@@ -150,7 +182,13 @@ fn election_timeout_persists_term_and_self_vote_before_asking() {
     let mut node = core_with_log(1, &[1, 2, 3], 3, vec![entry(1, 3)]);
     node.election_timeout();
     let ready = node.take_ready();
-    assert_eq!(ready.hard_state, Some(HardState { term: 4, voted_for: Some(1) }));
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 4,
+            voted_for: Some(1)
+        })
+    );
     assert!(ready.messages.is_empty());
     assert_eq!(ready.after_persist.len(), 2);
     for request in &ready.after_persist {
@@ -292,7 +330,11 @@ fn entries_of_an_earlier_term_do_not_commit_by_counting() {
     for peer in [2, 3] {
         leader.step(append_response(peer, 1, 4, true, 3));
     }
-    assert_eq!(leader.commit_index(), 3, "the term-4 no-op commits, and index 2 with it");
+    assert_eq!(
+        leader.commit_index(),
+        3,
+        "the term-4 no-op commits, and index 2 with it"
+    );
 }
 
 #[test]
@@ -406,8 +448,13 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         loop {
             let ready = node.take_ready();
-            self.snapshot_requests.extend(ready.snapshots_needed.iter().map(|&peer| (id, peer)));
-            if ready.nothing_to_persist() && ready.messages.is_empty() && ready.after_persist.is_empty() && ready.committed.is_empty() {
+            self.snapshot_requests
+                .extend(ready.snapshots_needed.iter().map(|&peer| (id, peer)));
+            if ready.nothing_to_persist()
+                && ready.messages.is_empty()
+                && ready.after_persist.is_empty()
+                && ready.committed.is_empty()
+            {
                 break;
             }
             if let Some(last) = ready.entries.last() {
@@ -502,7 +549,10 @@ fn a_lagging_follower_is_brought_up_to_date_across_a_conflict() {
     cluster.run();
     cluster.nodes.get_mut(&1).unwrap().heartbeat();
     cluster.run();
-    assert_eq!(cluster.nodes[&3].log().last_index(), cluster.nodes[&1].log().last_index());
+    assert_eq!(
+        cluster.nodes[&3].log().last_index(),
+        cluster.nodes[&1].log().last_index()
+    );
     assert_eq!(cluster.nodes[&3].commit_index(), cluster.nodes[&1].commit_index());
 }
 

@@ -1,0 +1,219 @@
+//! ClientGateway: where client requests enter the node.
+//!
+//! It validates each request, gives it a node-unique request id (the id that
+//! follows a write through every actor's traces), redirects clients of a
+//! follower to the leader, and hands reads and writes to the ElectionActor.
+//! Answers go back on the connection's own channel, tagged with the client's
+//! request id, so one connection may have many requests in flight.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use protocol::{ClientError, ClientRequest, ClientResponse, Command, NodeId, NodeStatus, Operation, Reply, Role, Term};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, info_span};
+
+use crate::commit::CommitActor;
+use crate::election::ElectionActor;
+use crate::messages::*;
+
+pub struct ClientGateway {
+    settings: Arc<Settings>,
+    view: SharedView,
+    election: Addr<ElectionActor>,
+    commit: Addr<CommitActor>,
+    leader: Option<NodeId>,
+    role: Role,
+    term: Term,
+    next_request: u64,
+}
+
+impl ClientGateway {
+    pub fn new(
+        settings: Arc<Settings>,
+        view: SharedView,
+        election: Addr<ElectionActor>,
+        commit: Addr<CommitActor>,
+    ) -> Self {
+        ClientGateway {
+            settings,
+            view,
+            election,
+            commit,
+            leader: None,
+            role: Role::Follower,
+            term: 0,
+            next_request: 0,
+        }
+    }
+
+    fn not_leader(&self) -> ClientError {
+        let leader = self.leader.filter(|&id| id != self.settings.node_id);
+        match leader {
+            Some(id) => ClientError::NotLeader {
+                leader_id: Some(id),
+                leader_addr: self.settings.client_addr_of(id),
+            },
+            None => ClientError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            },
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), ClientError> {
+        if key.is_empty() {
+            return Err(ClientError::EmptyKey);
+        }
+        if key.len() > self.settings.max_key_bytes {
+            return Err(ClientError::KeyTooLarge {
+                len: key.len(),
+                max: self.settings.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &str) -> Result<(), ClientError> {
+        if value.len() > self.settings.max_value_bytes {
+            return Err(ClientError::ValueTooLarge {
+                len: value.len(),
+                max: self.settings.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks limits and turns a write into the command it proposes.
+    fn command_for(&self, op: Operation) -> Result<Command, ClientError> {
+        match op {
+            Operation::Put { key, value, session } => {
+                self.check_key(&key)?;
+                self.check_value(&value)?;
+                Ok(Command::Put { key, value, session })
+            }
+            Operation::Delete { key, session } => {
+                self.check_key(&key)?;
+                Ok(Command::Delete { key, session })
+            }
+            Operation::Get { .. } | Operation::Status => Err(ClientError::Malformed {
+                message: "not a write".into(),
+            }),
+        }
+    }
+}
+
+impl Actor for ClientGateway {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ClientGateway {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let _span =
+            info_span!("gateway", node = self.settings.node_id, term = self.view.term(), role = %self.view.role())
+                .entered();
+        info!("client gateway restarting");
+    }
+}
+
+impl Handler<LeaderChanged> for ClientGateway {
+    type Result = ();
+
+    fn handle(&mut self, change: LeaderChanged, _ctx: &mut Context<Self>) {
+        self.leader = change.leader;
+        self.role = change.role;
+        self.term = change.term;
+    }
+}
+
+/// Sends one answer back to its connection, whenever it is ready.
+fn answer(reply: mpsc::Sender<ClientResponse>, id: u64, result: Result<Reply, ClientError>) {
+    // A full or closed connection channel means the client is gone or not reading.
+    let _ = reply.try_send(ClientResponse { id, result });
+}
+
+impl Handler<ClientCall> for ClientGateway {
+    type Result = ();
+
+    fn handle(&mut self, call: ClientCall, _ctx: &mut Context<Self>) {
+        let ClientCall {
+            request: ClientRequest { id, op },
+            reply,
+        } = call;
+        self.next_request += 1;
+        let request_id = (self.settings.node_id << 48) | (self.next_request & 0xFFFF_FFFF_FFFF);
+        let span = info_span!("gateway", node = self.settings.node_id, term = self.term, role = %self.role, request_id);
+        let _span = span.enter();
+        let timeout = self.settings.request_timeout;
+        match op {
+            Operation::Status => {
+                let consensus = self.election.send(GetConsensusStatus);
+                let applied = self.commit.send(GetApplyStatus);
+                actix::spawn(async move {
+                    let result = match (consensus.await, applied.await) {
+                        (Ok(status), Ok((applied_index, flushed_index))) => Ok(Reply::Status(NodeStatus {
+                            applied_index,
+                            flushed_index,
+                            ..status
+                        })),
+                        _ => Err(ClientError::Unavailable {
+                            message: "node is shutting down".into(),
+                        }),
+                    };
+                    answer(reply, id, result);
+                });
+            }
+            Operation::Get { key } => {
+                if let Err(e) = self.check_key(&key) {
+                    return answer(reply, id, Err(e));
+                }
+                if self.role != Role::Leader {
+                    return answer(reply, id, Err(self.not_leader()));
+                }
+                debug!(key_len = key.len(), "read");
+                let (responder, answered) = oneshot::channel();
+                self.election.do_send(Read {
+                    key,
+                    request_id,
+                    responder,
+                });
+                actix::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, answered).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(ClientError::Unavailable {
+                            message: "read abandoned".into(),
+                        }),
+                        Err(_) => Err(ClientError::Unavailable {
+                            message: "read not confirmed by a majority in time".into(),
+                        }),
+                    };
+                    answer(reply, id, result);
+                });
+            }
+            op => {
+                let command = match self.command_for(op) {
+                    Ok(command) => command,
+                    Err(e) => return answer(reply, id, Err(e)),
+                };
+                if self.role != Role::Leader {
+                    return answer(reply, id, Err(self.not_leader()));
+                }
+                debug!("write received");
+                let (responder, answered) = oneshot::channel();
+                self.election.do_send(Propose {
+                    command,
+                    request_id,
+                    responder,
+                });
+                actix::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, answered).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) | Err(_) => Err(ClientError::OutcomeUnknown),
+                    };
+                    debug!(request_id, ok = result.is_ok(), "write answered");
+                    answer(reply, id, result);
+                });
+            }
+        }
+    }
+}

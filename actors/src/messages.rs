@@ -1,0 +1,263 @@
+//! The messages the actors exchange, and the few handles they share.
+//!
+//! Which message carries which term: every log-changing decision is made in
+//! the ElectionActor against the core's current term, so only messages that
+//! leave it for later use carry a term: `AwaitApply` (the term the entry was
+//! proposed in; a different entry committed at that index means the write was
+//! lost) and `SnapshotTaken` (the term a snapshot was requested in; a leader
+//! that has moved on drops it).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protocol::{ClientError, Command, Entry, LogIndex, NodeId, NodeStatus, PeerEnvelope, Reply, Role, Term};
+use tokio::sync::oneshot;
+
+use crate::raft::HardState;
+
+/// What the node hands its actors: identities, limits and timers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    /// Every member: id and client address (for redirects).
+    pub members: Vec<(NodeId, String)>,
+    /// This node's own data folder (`<data_dir>/<id>`).
+    pub data_dir: std::path::PathBuf,
+    pub commit_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub trim_interval: Duration,
+    /// How long a client request may wait for its answer before it gets a timeout error.
+    pub request_timeout: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_batch_entries: usize,
+    pub max_inflight_entries: u64,
+}
+
+impl Settings {
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|(id, _)| *id).collect()
+    }
+
+    pub fn client_addr_of(&self, id: NodeId) -> Option<String> {
+        self.members
+            .iter()
+            .find(|(m, _)| *m == id)
+            .map(|(_, addr)| addr.clone())
+    }
+}
+
+/// How actors send to peers. The node implements it over its sockets; actors
+/// never see one. Sending never blocks: a message that cannot be queued is
+/// dropped, which Raft tolerates (the next heartbeat repeats what matters).
+pub trait PeerTransport: Send + Sync + 'static {
+    fn send(&self, envelope: PeerEnvelope);
+}
+
+/// The node's current term and role, readable by every actor for its trace spans.
+#[derive(Debug, Default)]
+pub struct NodeView {
+    term: AtomicU64,
+    role: AtomicU8,
+}
+
+impl NodeView {
+    pub fn set(&self, term: Term, role: Role) {
+        self.term.store(term, Ordering::Relaxed);
+        let code = match role {
+            Role::Follower => 0,
+            Role::Candidate => 1,
+            Role::Leader => 2,
+        };
+        self.role.store(code, Ordering::Relaxed);
+    }
+
+    pub fn term(&self) -> Term {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
+            2 => Role::Leader,
+            1 => Role::Candidate,
+            _ => Role::Follower,
+        }
+    }
+}
+
+pub type SharedView = Arc<NodeView>;
+
+/// Where the answer to one client request goes.
+pub type Responder = oneshot::Sender<Result<Reply, ClientError>>;
+
+// ----- to the ElectionActor -----
+
+/// A message from a peer, already decoded.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerInbound(pub PeerEnvelope);
+
+/// A write from a client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Propose {
+    pub command: Command,
+    pub request_id: u64,
+    pub responder: Responder,
+}
+
+/// A linearizable read from a client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Read {
+    pub key: String,
+    pub request_id: u64,
+    pub responder: Responder,
+}
+
+/// Timer events, sent by the HeartbeatActor.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum Tick {
+    /// Valid only if `generation` is still the ElectionActor's current one.
+    ElectionTimeout {
+        generation: u64,
+    },
+    Heartbeat,
+    QuorumCheck,
+    Trim,
+}
+
+/// The WAL is durable up to this entry.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Persisted {
+    pub index: LogIndex,
+    pub term: Term,
+}
+
+/// The state store has flushed everything up to this index.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Flushed(pub LogIndex);
+
+/// Consensus-side part of `status`.
+#[derive(Message)]
+#[rtype(result = "NodeStatus")]
+pub struct GetConsensusStatus;
+
+// ----- to the HeartbeatActor -----
+
+/// The ElectionActor's role changed; leaders get heartbeat timers, others an election timer.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct RoleChanged {
+    pub role: Role,
+    pub term: Term,
+}
+
+/// Start the election timer over; a timeout reports `generation`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ArmElectionTimer {
+    pub generation: u64,
+}
+
+// ----- to the LogActor -----
+
+/// A compaction: the whole WAL is replaced by this state.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub hard_state: HardState,
+    pub start_index: LogIndex,
+    pub start_term: Term,
+    pub entries: Vec<Entry>,
+}
+
+/// Writes, in this order, then one fsync, then `then_send` leaves and the
+/// ElectionActor hears `Persisted` for the last entry written.
+#[derive(Message, Debug, Default)]
+#[rtype(result = "()")]
+pub struct Persist {
+    pub hard_state: Option<HardState>,
+    pub log_reset: Option<(LogIndex, Term)>,
+    pub entries: Vec<Entry>,
+    pub rewrite: Option<Rewrite>,
+    pub then_send: Vec<PeerEnvelope>,
+}
+
+// ----- to the CommitActor -----
+
+/// Committed entries, in order.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Apply(pub Vec<Entry>);
+
+/// Answer this client once the entry at `index` is applied, if it is still of `term`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwaitApply {
+    pub index: LogIndex,
+    pub term: Term,
+    pub request_id: u64,
+    pub responder: Responder,
+}
+
+/// A read confirmed by a majority: answer once `index` is applied.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeRead {
+    pub key: String,
+    pub index: LogIndex,
+    pub request_id: u64,
+    pub responder: Responder,
+}
+
+/// A snapshot of the state store for a lagging follower.
+#[derive(Message)]
+#[rtype(result = "Result<SnapshotTaken, String>")]
+pub struct TakeSnapshot;
+
+#[derive(Debug)]
+pub struct SnapshotTaken {
+    pub index: LogIndex,
+    pub term: Term,
+    pub data: Vec<u8>,
+}
+
+/// Replace the state store by a snapshot, durably, before answering.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct InstallSnapshot {
+    pub index: LogIndex,
+    pub term: Term,
+    pub data: Vec<u8>,
+}
+
+/// Applied and flushed indexes, for `status`.
+#[derive(Message)]
+#[rtype(result = "(LogIndex, LogIndex)")]
+pub struct GetApplyStatus;
+
+// ----- to the ClientGateway -----
+
+/// Who leads now, for redirects.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct LeaderChanged {
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    pub role: Role,
+}
+
+/// One request from one client connection; the answer goes to `reply`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientCall {
+    pub request: protocol::ClientRequest,
+    pub reply: tokio::sync::mpsc::Sender<protocol::ClientResponse>,
+}

@@ -1,0 +1,89 @@
+//! Start-up: rebuilds a node's consensus core and state machine from disk.
+//!
+//! The write-ahead log gives term, vote and the log after its start point;
+//! the state store gives the state as of its applied index. Entries after the
+//! applied index are applied again once the cluster confirms them committed
+//! (they are still in the log: the log is only ever trimmed up to what the
+//! store has flushed).
+
+use protocol::LogIndex;
+use tracing::{info, warn};
+
+use crate::messages::Settings;
+use crate::raft::{CoreConfig, MemLog, RaftCore};
+use crate::state::{StateError, StateMachine};
+use crate::storage::{Store, StoreError, Wal, WalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] WalError),
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error(
+        "the state store is at index {applied} but the log starts after {start}: entries in between are lost; \
+         refusing to start (restore the data folder or wipe it to rejoin as a new node)"
+    )]
+    StoreBehindLog { applied: LogIndex, start: LogIndex },
+}
+
+pub struct Recovered {
+    pub wal: Wal,
+    pub store: Box<dyn Store>,
+    pub core: RaftCore,
+    pub state: StateMachine,
+}
+
+pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recovered, RecoveryError> {
+    let (mut wal, from_wal) = Wal::open(&settings.data_dir)?;
+    if from_wal.truncated_bytes > 0 {
+        warn!(
+            bytes = from_wal.truncated_bytes,
+            "torn or corrupt write-ahead log tail truncated"
+        );
+    }
+    let stored = store.load()?;
+    let (applied, applied_term) = (stored.applied_index, stored.applied_term);
+    if applied < from_wal.start_index {
+        return Err(RecoveryError::StoreBehindLog {
+            applied,
+            start: from_wal.start_index,
+        });
+    }
+    let mut log = MemLog::new(from_wal.start_index, from_wal.start_term, from_wal.entries);
+    if applied > 0 && log.term(applied) != Some(applied_term) {
+        // The store already holds a snapshot the log never recorded (a crash
+        // between installing it and resetting the log): the log restarts there.
+        warn!(
+            applied,
+            applied_term, "log does not reach the store's applied point: resetting it there"
+        );
+        log.reset_to(applied, applied_term);
+        wal.rewrite(from_wal.hard_state, applied, applied_term, &[])?;
+    }
+    info!(
+        term = from_wal.hard_state.term,
+        voted_for = ?from_wal.hard_state.voted_for,
+        log_start = log.start_index(),
+        log_last = log.last_index(),
+        applied,
+        "recovered from disk"
+    );
+    let config = CoreConfig {
+        id: settings.node_id,
+        members: settings.member_ids(),
+        max_batch_entries: settings.max_batch_entries,
+        max_inflight_entries: settings.max_inflight_entries,
+        snapshot_retry_rounds: 20,
+    };
+    let core = RaftCore::new(config, from_wal.hard_state, log, applied);
+    let state = StateMachine::from_stored(stored)?;
+    Ok(Recovered {
+        wal,
+        store,
+        core,
+        state,
+    })
+}

@@ -1,0 +1,721 @@
+//! The write-ahead log of one node: its term, vote and replicated log, in one
+//! append-only file `<dir>/wal.log`.
+//!
+//! # Format
+//!
+//! The file is a sequence of records, each
+//!
+//! ```text
+//! [u32 LE payload length][u32 LE CRC-32 of the payload][payload]
+//! ```
+//!
+//! where the payload is a [`WalRecord`] encoded with `rmp_serde::to_vec`
+//! (compact MessagePack) and the CRC is `crc32fast`'s (IEEE). A payload is at
+//! most [`MAX_RECORD_BYTES`].
+//!
+//! # Replay
+//!
+//! Records are applied in file order: the last `HardState` wins, `LogStart`
+//! drops every entry and moves the start point, and an `Entry` replaces the
+//! log at its index and after. The first record that is torn, fails its
+//! checksum, does not decode or would leave a gap in the log ends the valid
+//! prefix: the file is cut there, since nothing after it can be trusted.
+//!
+//! # Compaction
+//!
+//! [`Wal::rewrite`] writes the whole state to `wal.log.tmp`, syncs it and
+//! renames it over `wal.log`. A `wal.log.tmp` found at open is the remnant of
+//! a rewrite that never reached its rename, so it is deleted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use protocol::{Entry, LogIndex, Term};
+
+use crate::raft::HardState;
+
+/// Largest payload accepted, on write and on replay (a larger length is corruption).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+const HEADER_BYTES: usize = 8;
+const WAL_FILE: &str = "wal.log";
+const TMP_FILE: &str = "wal.log.tmp";
+/// Capacity the reusable buffer keeps between calls; one huge batch should not pin its memory.
+const KEEP_BUF_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WalRecord {
+    HardState(HardState),
+    /// The log now starts after (index, term): everything before is trimmed or in a snapshot; drops all entries.
+    LogStart {
+        index: LogIndex,
+        term: Term,
+    },
+    /// An entry; it replaces whatever the log held at its index and after.
+    Entry(Entry),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("write-ahead log record could not be encoded: {0}")]
+    Encode(String),
+    #[error("write-ahead log record of {0} bytes exceeds the {MAX_RECORD_BYTES} byte limit")]
+    RecordTooLarge(usize),
+    /// An earlier write or sync failed, so what the file holds is unknown
+    /// (after a failed fsync the kernel may have dropped dirty pages).
+    #[error("write-ahead log is unusable after an earlier failure")]
+    Poisoned,
+}
+
+/// What replaying the log at open found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    /// The last `HardState` record, default if none.
+    pub hard_state: HardState,
+    /// From the last `LogStart` (0 if none).
+    pub start_index: LogIndex,
+    pub start_term: Term,
+    /// The log after the start point: contiguous, in index order.
+    pub entries: Vec<Entry>,
+    /// Bytes of torn or corrupt tail that were cut off.
+    pub truncated_bytes: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+    /// Reused across appends so a busy log does not allocate per batch.
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+impl Wal {
+    /// Opens (creating dir and file if missing), replays every record, verifies checksums, and if
+    /// the tail is torn or corrupt, truncates the file at the start of the first bad record.
+    pub fn open(dir: &Path) -> Result<(Wal, Recovered), WalError> {
+        fs::create_dir_all(dir)?;
+        match fs::remove_file(dir.join(TMP_FILE)) {
+            Ok(()) => tracing::warn!(dir = %dir.display(), "removed a stale {TMP_FILE} left by an unfinished rewrite"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+
+        let path = dir.join(WAL_FILE);
+        let existed = path.try_exists()?;
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        if !existed {
+            // The new file's directory entry must be durable, or synced records could vanish with it.
+            sync_dir(dir)?;
+        }
+
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (mut recovered, valid) = replay(&bytes);
+        let total = bytes.len() as u64;
+        if valid < total {
+            recovered.truncated_bytes = total - valid;
+            tracing::warn!(
+                path = %path.display(),
+                offset = valid,
+                bytes = total - valid,
+                "write-ahead log has a torn or corrupt tail; truncating it"
+            );
+            file.set_len(valid)?;
+            file.sync_all()?;
+        }
+
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            file,
+            len: valid,
+            buf: Vec::new(),
+            poisoned: false,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// Appends records with buffered writes (no fsync).
+    pub fn append(&mut self, records: &[WalRecord]) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.buf.clear();
+        for record in records {
+            encode_into(&mut self.buf, record)?;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // A partial record left in place would make replay drop every later record, so cut it.
+            if self.file.set_len(self.len).is_err() {
+                self.poisoned = true;
+            }
+            return Err(e.into());
+        }
+        self.len += self.buf.len() as u64;
+        self.buf.clear();
+        self.buf.shrink_to(KEEP_BUF_BYTES);
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
+        if let Err(e) = self.file.sync_data() {
+            // A retried fsync can report success for pages the kernel already dropped.
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Compaction: atomically replaces the file by one holding just `hard`, the start point and `entries`.
+    pub fn rewrite(
+        &mut self,
+        hard: HardState,
+        start_index: LogIndex,
+        start_term: Term,
+        entries: &[Entry],
+    ) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.buf.clear();
+        encode_into(&mut self.buf, &WalRecord::HardState(hard))?;
+        encode_into(
+            &mut self.buf,
+            &WalRecord::LogStart {
+                index: start_index,
+                term: start_term,
+            },
+        )?;
+        for entry in entries {
+            // Cloned one at a time so the transient copy stays one entry, not the whole log.
+            encode_into(&mut self.buf, &WalRecord::Entry(entry.clone()))?;
+        }
+
+        let tmp = self.dir.join(TMP_FILE);
+        let path = self.dir.join(WAL_FILE);
+        {
+            let mut out = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            out.write_all(&self.buf)?;
+            out.sync_all()?;
+        }
+        // Up to here a failure leaves the old file in charge; from the rename on it does not.
+        let result = fs::rename(&tmp, &path)
+            .and_then(|()| sync_dir(&self.dir))
+            .and_then(|()| OpenOptions::new().read(true).append(true).open(&path));
+        match result {
+            Ok(file) => {
+                self.file = file;
+                self.len = self.buf.len() as u64;
+                self.buf.clear();
+                self.buf.shrink_to(KEEP_BUF_BYTES);
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Current file length in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        if self.poisoned {
+            Err(WalError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Appends one framed record to `buf`.
+fn encode_into(buf: &mut Vec<u8>, record: &WalRecord) -> Result<(), WalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    if let Err(e) = rmp_serde::encode::write(buf, record) {
+        buf.truncate(start);
+        return Err(WalError::Encode(e.to_string()));
+    }
+    let payload_len = buf.len() - start - HEADER_BYTES;
+    if payload_len > MAX_RECORD_BYTES {
+        // Replay would reject it, and with it everything after.
+        buf.truncate(start);
+        return Err(WalError::RecordTooLarge(payload_len));
+    }
+    let crc = crc32fast::hash(&buf[start + HEADER_BYTES..]);
+    // Fits: payload_len <= MAX_RECORD_BYTES < u32::MAX.
+    buf[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buf[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Replays `bytes`, returning the state and the length of the valid prefix.
+fn replay(bytes: &[u8]) -> (Recovered, u64) {
+    let mut rec = Recovered::default();
+    let mut pos = 0usize;
+    while let Some((record, next)) = read_record(bytes, pos) {
+        match record {
+            WalRecord::HardState(hard) => rec.hard_state = hard,
+            WalRecord::LogStart { index, term } => {
+                rec.start_index = index;
+                rec.start_term = term;
+                rec.entries.clear();
+            }
+            WalRecord::Entry(entry) => {
+                // Valid indexes are start+1 ..= last+1; anything else means the file is not what was written.
+                let Some(offset) = entry.index.checked_sub(rec.start_index + 1) else {
+                    break;
+                };
+                let Ok(offset) = usize::try_from(offset) else {
+                    break;
+                };
+                if offset > rec.entries.len() {
+                    break;
+                }
+                rec.entries.truncate(offset);
+                rec.entries.push(entry);
+            }
+        }
+        pos = next;
+    }
+    (rec, pos as u64)
+}
+
+/// Decodes the record at `pos`, with the offset after it; `None` if it is missing, torn or corrupt.
+fn read_record(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
+    let header = bytes.get(pos..pos.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let start = pos + HEADER_BYTES;
+    let end = start.checked_add(len)?;
+    let payload = bytes.get(start..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let record = rmp_serde::from_slice(payload).ok()?;
+    Some((record, end))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::Command;
+
+    use super::*;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            request_id: index * 100,
+            command: Command::Put {
+                key: format!("k{index}"),
+                value: format!("v{index}-{term}"),
+                session: None,
+            },
+        }
+    }
+
+    fn hard(term: Term, voted_for: Option<u64>) -> HardState {
+        HardState { term, voted_for }
+    }
+
+    fn entries(range: std::ops::RangeInclusive<LogIndex>, term: Term) -> Vec<Entry> {
+        range.map(|i| entry(i, term)).collect()
+    }
+
+    fn records(entries: &[Entry]) -> Vec<WalRecord> {
+        entries.iter().cloned().map(WalRecord::Entry).collect()
+    }
+
+    fn wal_path(dir: &Path) -> PathBuf {
+        dir.join(WAL_FILE)
+    }
+
+    fn reopen(dir: &Path) -> Recovered {
+        let (_, rec) = Wal::open(dir).unwrap();
+        rec
+    }
+
+    /// Record boundaries of the file, from its own framing.
+    fn boundaries(bytes: &[u8]) -> Vec<usize> {
+        let mut out = vec![0];
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            pos += HEADER_BYTES + len;
+            out.push(pos);
+        }
+        out
+    }
+
+    #[test]
+    fn empty_dir_recovers_default_and_creates_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node");
+        let (wal, rec) = Wal::open(&dir).unwrap();
+        assert_eq!(rec, Recovered::default());
+        assert_eq!(wal.len_bytes(), 0);
+        assert!(wal_path(&dir).exists());
+    }
+
+    #[test]
+    fn round_trip_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+        let mut recs = vec![WalRecord::HardState(hard(1, Some(2)))];
+        recs.extend(records(&entries(1..=3, 1)));
+        wal.append(&recs).unwrap();
+        wal.append(&[WalRecord::HardState(hard(2, None))]).unwrap();
+        wal.append(&records(&[entry(4, 2)])).unwrap();
+        wal.sync().unwrap();
+        let len = wal.len_bytes();
+        assert_eq!(len, fs::metadata(wal_path(tmp.path())).unwrap().len());
+        drop(wal);
+
+        let (wal, rec) = Wal::open(tmp.path()).unwrap();
+        let mut want = entries(1..=3, 1);
+        want.push(entry(4, 2));
+        assert_eq!(
+            rec,
+            Recovered {
+                hard_state: hard(2, None),
+                start_index: 0,
+                start_term: 0,
+                entries: want,
+                truncated_bytes: 0,
+            }
+        );
+        assert_eq!(wal.len_bytes(), len);
+    }
+
+    #[test]
+    fn entry_replaces_suffix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+        wal.append(&records(&entries(1..=5, 1))).unwrap();
+        // A new leader's entry at 3 overrides 3, 4 and 5.
+        wal.append(&records(&[entry(3, 2)])).unwrap();
+        wal.append(&records(&[entry(4, 2)])).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        let rec = reopen(tmp.path());
+        assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn log_start_drops_earlier_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+        wal.append(&records(&entries(1..=5, 1))).unwrap();
+        wal.append(&[WalRecord::LogStart { index: 10, term: 3 }]).unwrap();
+        wal.append(&records(&entries(11..=12, 3))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        let rec = reopen(tmp.path());
+        assert_eq!(rec.start_index, 10);
+        assert_eq!(rec.start_term, 3);
+        assert_eq!(rec.entries, entries(11..=12, 3));
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_at_every_offset_and_append_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&[WalRecord::HardState(hard(1, Some(1)))]).unwrap();
+        wal.append(&records(&entries(1..=3, 1))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let full = fs::read(wal_path(dir)).unwrap();
+        let bounds = boundaries(&full);
+        assert_eq!(bounds.len(), 5);
+        let last_start = bounds[3];
+
+        // Every cut inside the last record: header only partly there, header whole but payload short.
+        let cuts: Vec<usize> = (last_start + 1..full.len()).collect();
+        assert!(cuts.len() > HEADER_BYTES);
+        for cut in cuts {
+            fs::write(wal_path(dir), &full[..cut]).unwrap();
+            let (mut wal, rec) = Wal::open(dir).unwrap();
+            assert_eq!(rec.hard_state, hard(1, Some(1)), "cut at {cut}");
+            assert_eq!(rec.entries, entries(1..=2, 1), "cut at {cut}");
+            assert_eq!(rec.truncated_bytes, (cut - last_start) as u64, "cut at {cut}");
+            assert_eq!(wal.len_bytes(), last_start as u64);
+            assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), last_start as u64);
+
+            // Appending after the cut lands right after the last good record.
+            wal.append(&records(&[entry(3, 2), entry(4, 2)])).unwrap();
+            wal.sync().unwrap();
+            drop(wal);
+            let rec = reopen(dir);
+            assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]);
+            assert_eq!(rec.truncated_bytes, 0);
+        }
+
+        // A cut inside an earlier record loses everything from there on.
+        fs::write(wal_path(dir), &full[..bounds[2] + 3]).unwrap();
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, entries(1..=1, 1));
+        assert_eq!(rec.truncated_bytes, 3);
+    }
+
+    #[test]
+    fn flipped_payload_byte_fails_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=3, 1))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let bounds = boundaries(&bytes);
+        let last_start = bounds[2];
+        let flip_at = bytes.len() - 2;
+        bytes[flip_at] ^= 0x01;
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, entries(1..=2, 1));
+        assert_eq!(rec.truncated_bytes, (bytes.len() - last_start) as u64);
+        assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), last_start as u64);
+    }
+
+    #[test]
+    fn corrupt_middle_record_drops_everything_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=3, 1))).unwrap();
+        wal.append(&[WalRecord::HardState(hard(5, Some(3)))]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let bounds = boundaries(&bytes);
+        bytes[bounds[1] + HEADER_BYTES] ^= 0x80;
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, entries(1..=1, 1));
+        assert_eq!(rec.hard_state, HardState::default());
+        assert_eq!(rec.truncated_bytes, (bytes.len() - bounds[1]) as u64);
+    }
+
+    #[test]
+    fn garbage_tail_is_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&[WalRecord::HardState(hard(3, Some(1)))]).unwrap();
+        wal.append(&records(&entries(1..=2, 3))).unwrap();
+        wal.sync().unwrap();
+        let good_len = wal.len_bytes();
+        drop(wal);
+
+        let garbage_tails: [&[u8]; 4] = [
+            // Length far beyond MAX_RECORD_BYTES.
+            &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 2, 3],
+            // Plausible length that runs past EOF.
+            &[0x10, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1],
+            // Zeros, as a crash after a file extension can leave: empty payload whose CRC matches but does not decode.
+            &[0; 64],
+            // Too short for a header.
+            &[7, 7, 7],
+        ];
+        for tail in garbage_tails {
+            let mut bytes = fs::read(wal_path(dir)).unwrap();
+            bytes.extend_from_slice(tail);
+            fs::write(wal_path(dir), &bytes).unwrap();
+            let (wal, rec) = Wal::open(dir).unwrap();
+            assert_eq!(rec.hard_state, hard(3, Some(1)));
+            assert_eq!(rec.entries, entries(1..=2, 3));
+            assert_eq!(rec.truncated_bytes, tail.len() as u64, "tail {tail:?}");
+            assert_eq!(wal.len_bytes(), good_len);
+            assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), good_len);
+        }
+    }
+
+    #[test]
+    fn valid_checksum_with_undecodable_payload_is_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&[entry(1, 1)])).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let payload = [0xc1u8, 0x00, 0x01]; // 0xc1 is never used in MessagePack.
+        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, vec![entry(1, 1)]);
+        assert_eq!(rec.truncated_bytes, (HEADER_BYTES + payload.len()) as u64);
+    }
+
+    #[test]
+    fn gap_in_entries_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=2, 1))).unwrap();
+        let before_gap = wal.len_bytes();
+        // Index 4 after 2 skips 3; the hard state behind it must not be trusted either.
+        wal.append(&records(&[entry(4, 1)])).unwrap();
+        wal.append(&[WalRecord::HardState(hard(9, Some(9)))]).unwrap();
+        wal.sync().unwrap();
+        let total = wal.len_bytes();
+        drop(wal);
+
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, entries(1..=2, 1));
+        assert_eq!(rec.hard_state, HardState::default());
+        assert_eq!(rec.truncated_bytes, total - before_gap);
+    }
+
+    #[test]
+    fn entry_at_or_before_log_start_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&[WalRecord::LogStart { index: 5, term: 2 }]).unwrap();
+        let good = wal.len_bytes();
+        wal.append(&records(&[entry(5, 2)])).unwrap();
+        wal.sync().unwrap();
+        let total = wal.len_bytes();
+        drop(wal);
+
+        let rec = reopen(dir);
+        assert_eq!((rec.start_index, rec.start_term), (5, 2));
+        assert!(rec.entries.is_empty());
+        assert_eq!(rec.truncated_bytes, total - good);
+    }
+
+    #[test]
+    fn rewrite_keeps_only_given_state_and_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&[WalRecord::HardState(hard(1, Some(1)))]).unwrap();
+        wal.append(&records(&entries(1..=20, 1))).unwrap();
+        wal.sync().unwrap();
+        let before = wal.len_bytes();
+
+        wal.rewrite(hard(4, Some(2)), 15, 1, &entries(16..=20, 1)).unwrap();
+        assert!(wal.len_bytes() < before);
+        assert_eq!(wal.len_bytes(), fs::metadata(wal_path(dir)).unwrap().len());
+        assert!(!dir.join(TMP_FILE).exists());
+        // Appends after a rewrite go to the new file.
+        wal.append(&records(&[entry(21, 4)])).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        let rec = reopen(dir);
+        let mut want = entries(16..=20, 1);
+        want.push(entry(21, 4));
+        assert_eq!(
+            rec,
+            Recovered {
+                hard_state: hard(4, Some(2)),
+                start_index: 15,
+                start_term: 1,
+                entries: want,
+                truncated_bytes: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn rewrite_with_no_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=3, 1))).unwrap();
+        wal.rewrite(hard(2, None), 3, 1, &[]).unwrap();
+        drop(wal);
+
+        let rec = reopen(dir);
+        assert_eq!(rec.hard_state, hard(2, None));
+        assert_eq!((rec.start_index, rec.start_term), (3, 1));
+        assert!(rec.entries.is_empty());
+    }
+
+    #[test]
+    fn stale_tmp_file_is_removed_and_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=2, 1))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        // A complete-looking tmp file from a rewrite that crashed before its rename.
+        let mut stale = Vec::new();
+        encode_into(&mut stale, &WalRecord::LogStart { index: 50, term: 7 }).unwrap();
+        fs::write(dir.join(TMP_FILE), &stale).unwrap();
+
+        let rec = reopen(dir);
+        assert_eq!(rec.start_index, 0);
+        assert_eq!(rec.entries, entries(1..=2, 1));
+        assert!(!dir.join(TMP_FILE).exists());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Small xorshift so the test is deterministic without extra dependencies.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..200 {
+            let len = (next() % 300) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            fs::write(wal_path(dir), &bytes).unwrap();
+            let (wal, rec) = Wal::open(dir).unwrap();
+            assert_eq!(wal.len_bytes() + rec.truncated_bytes, len as u64, "round {round}");
+        }
+    }
+
+    #[test]
+    fn oversized_record_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+        let big = Entry {
+            index: 1,
+            term: 1,
+            request_id: 0,
+            command: Command::Put {
+                key: "k".into(),
+                value: "x".repeat(MAX_RECORD_BYTES + 1),
+                session: None,
+            },
+        };
+        let err = wal.append(&[WalRecord::Entry(big)]).unwrap_err();
+        assert!(matches!(err, WalError::RecordTooLarge(_)), "{err:?}");
+        assert_eq!(wal.len_bytes(), 0);
+        wal.append(&records(&[entry(1, 1)])).unwrap();
+        drop(wal);
+        assert_eq!(reopen(tmp.path()).entries, vec![entry(1, 1)]);
+    }
+}

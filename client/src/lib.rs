@@ -1,0 +1,626 @@
+//! Client library for kvs, a replicated key-value store.
+//!
+//! A [`Client`] keeps one shared, pipelined connection to the node it believes
+//! is the leader. Every operation retries on its own until its deadline
+//! ([`ClientConfig::request_timeout`]): it follows `NotLeader` redirects, tries
+//! the other endpoints while no leader is known, and re-sends after lost
+//! connections, `Unavailable` and `OutcomeUnknown`. Writes carry an
+//! exactly-once session (`client_id`, `seq`, `acked_below`); a retried write
+//! re-sends the same `(client_id, seq)`, so it is applied at most once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), client::Error> {
+//! let client = client::Client::connect(client::ClientConfig::new(vec!["127.0.0.1:5000".into()])).await?;
+//! let old = client.put("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some("hello"));
+//! # let _ = old; Ok(()) }
+//! ```
+
+mod connection;
+mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::{ClientError, ClientRequest, NodeStatus, Operation, Reply, Session, WireError};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::connection::Connection;
+use crate::session::SessionTracker;
+
+/// Longest a single attempt waits for its answer before the connection is
+/// abandoned and the request re-sent (bounded by the operation's deadline).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First pause between retries; it doubles on each retry up to [`BACKOFF_MAX`].
+pub const BACKOFF_START: Duration = Duration::from_millis(20);
+/// Longest pause between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// How to reach a cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Client addresses (`host:port`) of the nodes; any subset is enough, the
+    /// leader is found through redirects.
+    pub endpoints: Vec<String>,
+    /// The cluster id sent in the handshake; empty is accepted by every node.
+    pub cluster_id: String,
+    /// Limit for connecting to one endpoint, handshake included.
+    pub connect_timeout: Duration,
+    /// Overall deadline of one operation, retries included.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with an empty cluster id, a 2 s connect timeout and a
+    /// 10 s request timeout.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ClientConfig {
+            endpoints,
+            cluster_id: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything an operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused the request for a reason retrying cannot fix
+    /// (`KeyTooLarge`, `ValueTooLarge`, `EmptyKey`, `Malformed`, `SessionExpired`).
+    #[error("{0}")]
+    Server(#[from] ClientError),
+    /// No connection could be made. Returned by an operation only when it never
+    /// managed to send its request, so a write failing this way was not applied.
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node refused the handshake (wrong cluster id, unsupported version, ...).
+    #[error("{endpoint} refused the handshake: {message}")]
+    Handshake { endpoint: String, message: String },
+    /// The operation's deadline passed. For a write the outcome is unknown: it
+    /// may or may not have been applied (at most once).
+    #[error("request timed out (a write may or may not have been applied)")]
+    Timeout,
+    /// The configuration names no endpoint.
+    #[error("no endpoints configured")]
+    NoEndpoints,
+    /// The connection was closed before the answer arrived.
+    #[error("connection to {endpoint} closed")]
+    ConnectionClosed { endpoint: String },
+    /// The encoded request would not fit in a client frame.
+    #[error("request is {len} bytes encoded, more than the frame limit of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    /// The server answered with a reply of the wrong kind.
+    #[error("unexpected reply from the server: {0}")]
+    UnexpectedReply(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// A handle to a kvs cluster. Cheap to clone; all clones share one connection
+/// and one exactly-once session, and may be used from many tasks at once.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    client_id: u64,
+    next_request_id: AtomicU64,
+    sessions: Mutex<SessionTracker>,
+    slot: tokio::sync::Mutex<Slot>,
+    /// Mirror of the slot's endpoint, readable without awaiting.
+    connected: Mutex<Option<String>>,
+}
+
+/// The shared connection and how to find the next one.
+struct Slot {
+    conn: Option<Arc<Connection>>,
+    /// Bumped whenever `conn` changes, so a stale failure report cannot drop a
+    /// connection another task has just made.
+    generation: u64,
+    /// A leader address learned from a redirect, tried first on reconnect.
+    preferred: Option<String>,
+    /// Index into the endpoints where the next search starts.
+    cursor: usize,
+}
+
+/// The three data operations, before a session is attached.
+enum Request<'a> {
+    Get { key: &'a str },
+    Put { key: &'a str, value: &'a str },
+    Delete { key: &'a str },
+}
+
+impl Request<'_> {
+    fn is_write(&self) -> bool {
+        !matches!(self, Request::Get { .. })
+    }
+
+    fn operation(&self, session: Option<Session>) -> Operation {
+        match self {
+            Request::Get { key } => Operation::Get { key: key.to_string() },
+            Request::Put { key, value } => Operation::Put {
+                key: key.to_string(),
+                value: value.to_string(),
+                session,
+            },
+            Request::Delete { key } => Operation::Delete {
+                key: key.to_string(),
+                session,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.config.endpoints)
+            .field("client_id", &self.inner.client_id)
+            .field("connected", &self.connected_endpoint())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Creates a client without connecting; the first operation connects.
+    /// Fails only when no endpoint is configured.
+    pub fn new(mut config: ClientConfig) -> Result<Client, Error> {
+        config.endpoints = config
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.trim().to_string())
+            .filter(|endpoint| !endpoint.is_empty())
+            .collect();
+        if config.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let client_id = rand::thread_rng().gen::<u64>();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                client_id,
+                next_request_id: AtomicU64::new(1),
+                sessions: Mutex::new(SessionTracker::new()),
+                slot: tokio::sync::Mutex::new(Slot {
+                    conn: None,
+                    generation: 0,
+                    preferred: None,
+                    cursor: 0,
+                }),
+                connected: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Creates a client and connects to the first endpoint (in order) that
+    /// accepts the handshake, cycling through them with backoff until
+    /// `request_timeout`. A handshake rejection with no endpoint accepting is
+    /// returned at once; otherwise the last connection error is.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let client = Client::new(config)?;
+        let deadline = Instant::now() + client.inner.config.request_timeout;
+        let mut backoff = Backoff::new();
+        let mut last_error = None;
+        loop {
+            match client.inner.current_connection(deadline).await {
+                Ok(_) => return Ok(client),
+                Err(error @ Error::Handshake { .. }) => return Err(error),
+                // The deadline passed: report why the earlier tries failed.
+                Err(Error::Timeout) => return Err(last_error.unwrap_or(Error::Timeout)),
+                Err(error) => {
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                    backoff.wait(deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Stores `value` under `key`; returns the value it replaced.
+    pub async fn put(&self, key: &str, value: &str) -> Result<Option<String>, Error> {
+        expect_value(self.execute(Request::Put { key, value }).await?)
+    }
+
+    /// Reads `key` through the leader.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        expect_value(self.execute(Request::Get { key }).await?)
+    }
+
+    /// Removes `key`; returns the value it had.
+    pub async fn delete(&self, key: &str) -> Result<Option<String>, Error> {
+        expect_value(self.execute(Request::Delete { key }).await?)
+    }
+
+    /// The status of the node at `endpoint`, over a connection of its own
+    /// (no redirect, no retry), within `request_timeout`.
+    pub async fn status(&self, endpoint: &str) -> Result<NodeStatus, Error> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.request_timeout;
+        let conn = Connection::open(
+            endpoint,
+            &config.cluster_id,
+            config.connect_timeout.min(config.request_timeout),
+        )
+        .await?;
+        let id = self.inner.next_request_id();
+        let frame = encode_request(&ClientRequest {
+            id,
+            op: Operation::Status,
+        })?;
+        let response = tokio::time::timeout_at(deadline, conn.call(id, frame))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        match response.result? {
+            Reply::Status(status) => Ok(status),
+            other => Err(Error::UnexpectedReply(format!("{other:?} to a status request"))),
+        }
+    }
+
+    /// The status of every configured endpoint, asked concurrently, in the
+    /// order of the configuration.
+    pub async fn cluster_status(&self) -> Vec<(String, Result<NodeStatus, Error>)> {
+        let asks = self.inner.config.endpoints.iter().map(|endpoint| async move {
+            let status = self.status(endpoint).await;
+            (endpoint.clone(), status)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// The endpoint of the shared connection, if one is open.
+    pub fn connected_endpoint(&self) -> Option<String> {
+        lock(&self.inner.connected).clone()
+    }
+
+    /// This client's exactly-once session id (random, chosen at creation).
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The configuration in use (endpoints trimmed, empty ones dropped).
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Runs one operation to completion: retries, redirects and reconnects
+    /// until it gets a final answer or its deadline passes.
+    async fn execute(&self, request: Request<'_>) -> Result<Reply, Error> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.config.request_timeout;
+        let seq = request.is_write().then(|| SeqGuard::begin(inner));
+        let mut backoff = Backoff::new();
+        let mut sent = false;
+        let mut redirects = 0u32;
+        let mut last_error: Option<Error> = None;
+
+        loop {
+            if Instant::now() >= deadline {
+                return Err(give_up(sent, last_error));
+            }
+            let (conn, generation) = match inner.current_connection(deadline).await {
+                Ok(found) => found,
+                Err(error @ Error::Handshake { .. }) => return Err(error),
+                Err(Error::Timeout) => continue,
+                Err(error) => {
+                    last_error = Some(error);
+                    backoff.wait(deadline).await;
+                    continue;
+                }
+            };
+
+            let session = seq.as_ref().map(|seq| Session {
+                client_id: inner.client_id,
+                seq: seq.seq,
+                acked_below: lock(&inner.sessions).acked_below(),
+            });
+            let id = inner.next_request_id();
+            let frame = encode_request(&ClientRequest {
+                id,
+                op: request.operation(session),
+            })?;
+            let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            sent = true;
+            let response = match tokio::time::timeout(limit, conn.call(id, frame)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    tracing::debug!(endpoint = conn.endpoint(), %error, "attempt failed; reconnecting");
+                    inner.invalidate(generation, deadline).await;
+                    last_error = Some(error);
+                    backoff.wait(deadline).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        endpoint = conn.endpoint(),
+                        "no answer in time; abandoning the connection"
+                    );
+                    inner.invalidate(generation, deadline).await;
+                    last_error = Some(Error::Timeout);
+                    continue;
+                }
+            };
+
+            match response.result {
+                Ok(reply) => return Ok(reply),
+                Err(ClientError::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                }) => {
+                    tracing::debug!(from = conn.endpoint(), to = %leader, "redirected to the leader");
+                    inner.redirect(generation, leader, deadline).await;
+                    redirects += 1;
+                    // Follow the first redirect at once; pause on later ones in
+                    // case nodes disagree about who leads.
+                    if redirects > 1 {
+                        backoff.wait(deadline).await;
+                    }
+                }
+                Err(error @ ClientError::NotLeader { leader_addr: None, .. }) => {
+                    tracing::debug!(endpoint = conn.endpoint(), "leader unknown; trying another endpoint");
+                    inner.invalidate(generation, deadline).await;
+                    last_error = Some(Error::Server(error));
+                    backoff.wait(deadline).await;
+                }
+                Err(error @ (ClientError::Unavailable { .. } | ClientError::OutcomeUnknown)) => {
+                    tracing::debug!(endpoint = conn.endpoint(), %error, "retrying");
+                    last_error = Some(Error::Server(error));
+                    backoff.wait(deadline).await;
+                }
+                Err(error) => return Err(Error::Server(error)),
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn next_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The shared connection, opening one if there is none (or it died). Only
+    /// one task connects at a time; the others wait and then share its result.
+    async fn current_connection(&self, deadline: Instant) -> Result<(Arc<Connection>, u64), Error> {
+        let mut slot = tokio::time::timeout_at(deadline, self.slot.lock())
+            .await
+            .map_err(|_| Error::Timeout)?;
+        if let Some(conn) = &slot.conn {
+            if !conn.is_closed() {
+                return Ok((conn.clone(), slot.generation));
+            }
+            self.drop_connection(&mut slot);
+        }
+
+        let endpoints = &self.config.endpoints;
+        let preferred = slot.preferred.take();
+        let mut candidates: Vec<String> = preferred.iter().cloned().collect();
+        candidates.extend(
+            (0..endpoints.len())
+                .map(|k| endpoints[(slot.cursor + k) % endpoints.len()].clone())
+                .filter(|endpoint| Some(endpoint) != preferred.as_ref()),
+        );
+
+        let mut connect_error = None;
+        let mut handshake_error = None;
+        for endpoint in candidates {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let limit = self.config.connect_timeout.min(remaining);
+            match Connection::open(&endpoint, &self.config.cluster_id, limit).await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    if let Some(index) = endpoints.iter().position(|e| *e == endpoint) {
+                        slot.cursor = index;
+                    }
+                    slot.conn = Some(conn.clone());
+                    slot.generation += 1;
+                    *lock(&self.connected) = Some(endpoint);
+                    tracing::debug!(endpoint = conn.endpoint(), node_id = conn.node_id(), "using connection");
+                    return Ok((conn, slot.generation));
+                }
+                Err(error @ Error::Handshake { .. }) => {
+                    tracing::debug!(%endpoint, %error, "handshake rejected");
+                    handshake_error = Some(error);
+                }
+                Err(error) => {
+                    tracing::debug!(%endpoint, %error, "cannot connect");
+                    connect_error = Some(error);
+                }
+            }
+        }
+        Err(handshake_error.or(connect_error).unwrap_or(Error::Timeout))
+    }
+
+    /// Forgets the shared connection and moves the search to the next endpoint.
+    fn drop_connection(&self, slot: &mut Slot) {
+        slot.conn = None;
+        slot.generation += 1;
+        slot.cursor = (slot.cursor + 1) % self.config.endpoints.len();
+        *lock(&self.connected) = None;
+    }
+
+    /// The connection of `generation` failed (or its node knows no leader):
+    /// drop it unless it has been replaced already. If another task holds the
+    /// slot past the deadline, it is reconnecting anyway: nothing to do.
+    async fn invalidate(&self, generation: u64, deadline: Instant) {
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.slot.lock()).await else {
+            return;
+        };
+        if slot.generation == generation {
+            self.drop_connection(&mut slot);
+        }
+    }
+
+    /// The node behind the connection of `generation` named `leader`: connect
+    /// there next, unless the connection has been replaced already.
+    async fn redirect(&self, generation: u64, leader: String, deadline: Instant) {
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.slot.lock()).await else {
+            return;
+        };
+        if slot.generation == generation {
+            slot.conn = None;
+            slot.generation += 1;
+            slot.preferred = Some(leader);
+            *lock(&self.connected) = None;
+        }
+    }
+}
+
+/// A write's sequence number, released from the in-flight set however the
+/// operation ends (answer, error, timeout or the caller dropping the future).
+struct SeqGuard<'a> {
+    inner: &'a Inner,
+    seq: u64,
+}
+
+impl<'a> SeqGuard<'a> {
+    fn begin(inner: &'a Inner) -> Self {
+        let seq = lock(&inner.sessions).begin();
+        SeqGuard { inner, seq }
+    }
+}
+
+impl Drop for SeqGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.sessions).finish(self.seq);
+    }
+}
+
+/// Exponential backoff with jitter, never sleeping past a deadline.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_START }
+    }
+
+    async fn wait(&mut self, deadline: Instant) {
+        let jitter_ms = {
+            let half = u64::try_from(self.next.as_millis() / 2).unwrap_or(0);
+            rand::thread_rng().gen_range(0..=half)
+        };
+        let until = (Instant::now() + self.next + Duration::from_millis(jitter_ms)).min(deadline);
+        tokio::time::sleep_until(until).await;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The error an operation ends with once its deadline passed: the last
+/// connection error if the request never left, otherwise a timeout (for a
+/// write, outcome unknown).
+fn give_up(sent: bool, last_error: Option<Error>) -> Error {
+    match last_error {
+        Some(error @ (Error::Connect { .. } | Error::ConnectionClosed { .. } | Error::Io(_))) if !sent => error,
+        _ => Error::Timeout,
+    }
+}
+
+fn encode_request(request: &ClientRequest) -> Result<bytes::Bytes, Error> {
+    let frame = protocol::encode(request)?;
+    if frame.len() > MAX_CLIENT_FRAME {
+        return Err(Error::FrameTooLarge {
+            len: frame.len(),
+            max: MAX_CLIENT_FRAME,
+        });
+    }
+    Ok(frame)
+}
+
+fn expect_value(reply: Reply) -> Result<Option<String>, Error> {
+    match reply {
+        Reply::Value(value) => Ok(value),
+        other => Err(Error::UnexpectedReply(format!("{other:?} to a data request"))),
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning (no critical section here can leave
+/// its data half-updated).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults() {
+        let config = ClientConfig::new(vec!["a:1".into()]);
+        assert_eq!(config.cluster_id, "");
+        assert_eq!(config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn new_rejects_an_empty_endpoint_list() {
+        assert!(matches!(
+            Client::new(ClientConfig::new(vec![" ".into(), String::new()])),
+            Err(Error::NoEndpoints)
+        ));
+        let client = Client::new(ClientConfig::new(vec![" a:1 ".into(), "".into(), "b:2".into()]));
+        let client = client.expect("endpoints given");
+        assert_eq!(client.config().endpoints, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(client.connected_endpoint(), None);
+    }
+
+    #[test]
+    fn client_is_send_sync_and_clone() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+        assert_traits::<Client>();
+        fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+        assert_error::<Error>();
+    }
+
+    #[test]
+    fn seq_guard_releases_in_flight_seq_when_dropped() {
+        let client = Client::new(ClientConfig::new(vec!["a:1".into()])).expect("endpoints given");
+        let inner = &client.inner;
+        let first = SeqGuard::begin(inner);
+        let second = SeqGuard::begin(inner);
+        assert_eq!((first.seq, second.seq), (1, 2));
+        drop(second);
+        assert_eq!(lock(&inner.sessions).acked_below(), 1);
+        drop(first);
+        assert_eq!(lock(&inner.sessions).acked_below(), 3);
+    }
+
+    #[test]
+    fn give_up_reports_connect_errors_only_if_nothing_was_sent() {
+        let refused = || Error::Connect {
+            endpoint: "a:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(matches!(give_up(false, Some(refused())), Error::Connect { .. }));
+        assert!(matches!(give_up(true, Some(refused())), Error::Timeout));
+        assert!(matches!(give_up(false, None), Error::Timeout));
+    }
+
+    #[test]
+    fn oversized_request_is_refused_before_sending() {
+        let request = ClientRequest {
+            id: 1,
+            op: Operation::Put {
+                key: "k".into(),
+                value: "x".repeat(MAX_CLIENT_FRAME + 1),
+                session: None,
+            },
+        };
+        assert!(matches!(encode_request(&request), Err(Error::FrameTooLarge { .. })));
+    }
+}

@@ -1,0 +1,477 @@
+//! The client against tiny fake nodes speaking the wire protocol, so redirects,
+//! pipelining, retries and exactly-once sessions are checked without a cluster.
+
+use std::time::Duration;
+
+use client::{Client, ClientConfig, Error};
+use futures::{SinkExt, StreamExt};
+use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::{
+    ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeStatus, Operation, Party, RejectReason, Reply,
+    Role, Session,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// Every test is bounded, so a client bug fails it instead of hanging.
+const TEST_LIMIT: Duration = Duration::from_secs(20);
+
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    (listener, addr)
+}
+
+/// Accepts one connection and answers its handshake as node `node_id`.
+async fn accept(listener: &TcpListener, node_id: u64) -> Conn {
+    let (stream, _) = listener.accept().await.expect("accept");
+    let mut conn = Framed::new(stream, protocol::frame_codec(MAX_CLIENT_FRAME));
+    let frame = conn.next().await.expect("hello frame").expect("hello read");
+    let hello: Hello = protocol::decode(&frame).expect("hello decodes");
+    assert_eq!(hello, Hello::new("", Party::Client));
+    let reply = HelloReply::Accepted {
+        node_id,
+        version: protocol::PROTOCOL_VERSION,
+    };
+    conn.send(protocol::encode(&reply).expect("encode"))
+        .await
+        .expect("send hello reply");
+    conn
+}
+
+async fn recv(conn: &mut Conn) -> Option<ClientRequest> {
+    let frame = conn.next().await?.ok()?;
+    Some(protocol::decode(&frame).expect("request decodes"))
+}
+
+async fn reply(conn: &mut Conn, id: u64, result: Result<Reply, ClientError>) {
+    let response = ClientResponse { id, result };
+    conn.send(protocol::encode(&response).expect("encode"))
+        .await
+        .expect("send response");
+}
+
+fn session_of(request: &ClientRequest) -> Option<Session> {
+    match &request.op {
+        Operation::Put { session, .. } | Operation::Delete { session, .. } => *session,
+        _ => None,
+    }
+}
+
+fn key_of(request: &ClientRequest) -> String {
+    match &request.op {
+        Operation::Get { key } | Operation::Put { key, .. } | Operation::Delete { key, .. } => key.clone(),
+        Operation::Status => String::new(),
+    }
+}
+
+fn config(endpoints: &[&str]) -> ClientConfig {
+    ClientConfig::new(endpoints.iter().map(|e| e.to_string()).collect())
+}
+
+/// A node that answers every request on every connection with `NotLeader`.
+fn spawn_follower(listener: TcpListener, node_id: u64, leader_id: Option<u64>, leader_addr: Option<String>) {
+    tokio::spawn(async move {
+        loop {
+            let mut conn = accept(&listener, node_id).await;
+            let leader_addr = leader_addr.clone();
+            tokio::spawn(async move {
+                while let Some(request) = recv(&mut conn).await {
+                    let not_leader = ClientError::NotLeader {
+                        leader_id,
+                        leader_addr: leader_addr.clone(),
+                    };
+                    reply(&mut conn, request.id, Err(not_leader)).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn redirect_is_followed_and_pipelined_responses_match_by_id() {
+    let (follower, follower_addr) = bind().await;
+    let (leader, leader_addr) = bind().await;
+    spawn_follower(follower, 1, Some(2), Some(leader_addr.clone()));
+
+    // The leader waits until both writes are in flight on its one connection,
+    // then answers them in reverse order.
+    let fake_leader = tokio::spawn(async move {
+        let mut conn = accept(&leader, 2).await;
+        let first = recv(&mut conn).await.expect("first request");
+        let second = recv(&mut conn).await.expect("second request");
+        for request in [&second, &first] {
+            let old = format!("old-{}", key_of(request));
+            reply(&mut conn, request.id, Ok(Reply::Value(Some(old)))).await;
+        }
+        // Keep the connection open while the client reads.
+        let _ = recv(&mut conn).await;
+        (first, second)
+    });
+
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&follower_addr])).await.expect("connect");
+        assert_eq!(client.connected_endpoint().as_deref(), Some(follower_addr.as_str()));
+
+        let (a, b) = tokio::join!(client.put("k1", "v1"), client.put("k2", "v2"));
+        assert_eq!(a.expect("put k1"), Some("old-k1".to_string()));
+        assert_eq!(b.expect("put k2"), Some("old-k2".to_string()));
+        assert_eq!(client.connected_endpoint().as_deref(), Some(leader_addr.as_str()));
+        drop(client);
+
+        let (first, second) = fake_leader.await.expect("fake leader");
+        assert_ne!(first.id, second.id);
+        let (s1, s2) = (
+            session_of(&first).expect("session"),
+            session_of(&second).expect("session"),
+        );
+        assert_eq!(s1.client_id, s2.client_id);
+        let mut seqs = [s1.seq, s2.seq];
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2], "two writes take seqs 1 and 2");
+        // Both were in flight together, so neither could ack the other.
+        assert_eq!((s1.acked_below, s2.acked_below), (1, 1));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn dropped_connection_is_retried_with_the_same_session() {
+    let (listener, addr) = bind().await;
+    let fake = tokio::spawn(async move {
+        // First attempt: read the write, then drop the connection unanswered.
+        let mut conn = accept(&listener, 1).await;
+        let lost = recv(&mut conn).await.expect("first attempt");
+        drop(conn);
+
+        // The retry arrives on a new connection.
+        let mut conn = accept(&listener, 1).await;
+        let retry = recv(&mut conn).await.expect("retry");
+        reply(&mut conn, retry.id, Ok(Reply::Value(Some("old".into())))).await;
+
+        // The next write and a read on the same connection.
+        let next = recv(&mut conn).await.expect("next write");
+        reply(&mut conn, next.id, Ok(Reply::Value(None))).await;
+        let read = recv(&mut conn).await.expect("read");
+        reply(&mut conn, read.id, Ok(Reply::Value(Some("v2".into())))).await;
+        let _ = recv(&mut conn).await;
+        (lost, retry, next, read)
+    });
+
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&addr])).await.expect("connect");
+        assert_eq!(
+            client.put("k", "v1").await.expect("put retried"),
+            Some("old".to_string())
+        );
+        assert_eq!(client.put("k", "v2").await.expect("second put"), None);
+        assert_eq!(client.get("k").await.expect("get"), Some("v2".to_string()));
+        let client_id = client.client_id();
+        drop(client);
+
+        let (lost, retry, next, read) = fake.await.expect("fake node");
+        let lost_session = session_of(&lost).expect("write has a session");
+        assert_eq!(
+            lost_session,
+            Session {
+                client_id,
+                seq: 1,
+                acked_below: 1
+            }
+        );
+        assert_eq!(
+            session_of(&retry),
+            Some(lost_session),
+            "retry re-sends the same session"
+        );
+        assert_eq!(retry.op, lost.op);
+        assert_ne!(retry.id, lost.id, "each attempt has its own request id");
+        assert_eq!(
+            session_of(&next),
+            Some(Session {
+                client_id,
+                seq: 2,
+                acked_below: 2
+            })
+        );
+        assert_eq!(read.op, Operation::Get { key: "k".into() });
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn unknown_leader_and_unavailable_are_retried_on_other_endpoints() {
+    let (follower, follower_addr) = bind().await;
+    let (leader, leader_addr) = bind().await;
+    spawn_follower(follower, 1, None, None);
+    let fake_leader = tokio::spawn(async move {
+        let mut conn = accept(&leader, 2).await;
+        let first = recv(&mut conn).await.expect("first attempt");
+        let unavailable = ClientError::Unavailable {
+            message: "no quorum yet".into(),
+        };
+        reply(&mut conn, first.id, Err(unavailable)).await;
+        let second = recv(&mut conn).await.expect("second attempt");
+        reply(&mut conn, second.id, Err(ClientError::OutcomeUnknown)).await;
+        let third = recv(&mut conn).await.expect("third attempt");
+        reply(&mut conn, third.id, Ok(Reply::Value(Some("old".into())))).await;
+        let _ = recv(&mut conn).await;
+        [first, second, third]
+    });
+
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&follower_addr, &leader_addr]))
+            .await
+            .expect("connect");
+        assert_eq!(client.connected_endpoint().as_deref(), Some(follower_addr.as_str()));
+        assert_eq!(client.delete("k").await.expect("delete"), Some("old".to_string()));
+        assert_eq!(client.connected_endpoint().as_deref(), Some(leader_addr.as_str()));
+        drop(client);
+
+        let attempts = fake_leader.await.expect("fake leader");
+        let sessions: Vec<_> = attempts.iter().map(session_of).collect();
+        assert!(sessions[0].is_some());
+        assert!(
+            sessions.iter().all(|s| *s == sessions[0]),
+            "every retry uses one session"
+        );
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn non_retryable_errors_are_returned_at_once() {
+    let (listener, addr) = bind().await;
+    let fake = tokio::spawn(async move {
+        let mut conn = accept(&listener, 1).await;
+        let mut seen = Vec::new();
+        while let Some(request) = recv(&mut conn).await {
+            let error = match &request.op {
+                Operation::Put { .. } => ClientError::ValueTooLarge { len: 4000, max: 2048 },
+                _ => ClientError::EmptyKey,
+            };
+            reply(&mut conn, request.id, Err(error)).await;
+            seen.push(request);
+        }
+        seen
+    });
+
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&addr])).await.expect("connect");
+        let error = client.put("k", "too big").await.expect_err("refused");
+        assert!(matches!(
+            error,
+            Error::Server(ClientError::ValueTooLarge { len: 4000, max: 2048 })
+        ));
+        let error = client.get("").await.expect_err("refused");
+        assert!(matches!(error, Error::Server(ClientError::EmptyKey)));
+        drop(client);
+        let seen = fake.await.expect("fake node");
+        assert_eq!(seen.len(), 2, "no retries: {seen:?}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn handshake_rejection_is_a_typed_error() {
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut conn = Framed::new(stream, protocol::frame_codec(MAX_CLIENT_FRAME));
+        let _hello = conn.next().await;
+        let rejected = HelloReply::Rejected {
+            reason: RejectReason::WrongCluster,
+            message: "this node belongs to cluster \"a\", not \"b\"".into(),
+        };
+        conn.send(protocol::encode(&rejected).expect("encode"))
+            .await
+            .expect("send");
+    });
+
+    let mut config = config(&[&addr]);
+    config.cluster_id = "b".into();
+    let error = timeout(TEST_LIMIT, Client::connect(config))
+        .await
+        .expect("test finished in time")
+        .expect_err("rejected");
+    match error {
+        Error::Handshake { endpoint, message } => {
+            assert_eq!(endpoint, addr);
+            assert!(message.contains("belongs to cluster"), "{message}");
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_node_makes_the_request_time_out() {
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        let mut conn = accept(&listener, 1).await;
+        // Read requests and never answer.
+        while recv(&mut conn).await.is_some() {}
+    });
+
+    let mut config = config(&[&addr]);
+    config.request_timeout = Duration::from_millis(300);
+    let client = Client::connect(config).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let error = timeout(TEST_LIMIT, client.put("k", "v"))
+        .await
+        .expect("test finished in time")
+        .expect_err("no answer");
+    assert!(matches!(error, Error::Timeout), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn unreachable_cluster_reports_the_connect_error() {
+    // A port nobody listens on any more.
+    let (listener, addr) = bind().await;
+    drop(listener);
+
+    let mut config = config(&[&addr]);
+    config.request_timeout = Duration::from_millis(200);
+    let error = timeout(TEST_LIMIT, Client::connect(config.clone()))
+        .await
+        .expect("test finished in time")
+        .expect_err("nothing listens");
+    assert!(
+        matches!(&error, Error::Connect { endpoint, .. } if *endpoint == addr),
+        "{error:?}"
+    );
+
+    let client = Client::new(config).expect("lazy client");
+    let error = timeout(TEST_LIMIT, client.put("k", "v"))
+        .await
+        .expect("test finished in time")
+        .expect_err("nothing listens");
+    assert!(
+        matches!(error, Error::Connect { .. }),
+        "never sent, so not a timeout: {error:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_asks_each_endpoint_directly() {
+    let (listener, addr) = bind().await;
+    let (gone, gone_addr) = bind().await;
+    drop(gone);
+    let status = NodeStatus {
+        node_id: 3,
+        role: Role::Follower,
+        term: 5,
+        leader_id: Some(1),
+        leader_addr: Some("127.0.0.1:5000".into()),
+        commit_index: 12,
+        applied_index: 11,
+        flushed_index: 12,
+        log_first_index: 1,
+        log_last_index: 12,
+    };
+    let answer = status.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut conn = accept(&listener, 3).await;
+            while let Some(request) = recv(&mut conn).await {
+                assert_eq!(request.op, Operation::Status);
+                reply(&mut conn, request.id, Ok(Reply::Status(answer.clone()))).await;
+            }
+        }
+    });
+
+    let mut config = config(&[&addr, &gone_addr]);
+    config.request_timeout = Duration::from_secs(2);
+    let client = Client::new(config).expect("client");
+    timeout(TEST_LIMIT, async {
+        assert_eq!(client.status(&addr).await.expect("status"), status);
+        let all = client.cluster_status().await;
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].0, addr);
+        assert_eq!(all[0].1.as_ref().expect("first answers"), &status);
+        assert_eq!(all[1].0, gone_addr);
+        assert!(matches!(all[1].1, Err(Error::Connect { .. })));
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// Runs the kvctl binary against `addr`; returns (exit code, stdout, stderr).
+async fn kvctl(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoints", addr, "--timeout-ms", "3000"])
+        .args(args)
+        .env_remove("KVS_ENDPOINTS")
+        .env_remove("KVS_CLUSTER_ID")
+        .output()
+        .await
+        .expect("kvctl runs");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn kvctl_output_and_exit_codes() {
+    let (listener, addr) = bind().await;
+    // A one-node "store": "present" = "yes", everything else missing; "bad" keys are refused.
+    tokio::spawn(async move {
+        loop {
+            let mut conn = accept(&listener, 1).await;
+            tokio::spawn(async move {
+                while let Some(request) = recv(&mut conn).await {
+                    let key = key_of(&request);
+                    let result = if key == "bad" {
+                        Err(ClientError::EmptyKey)
+                    } else if key == "present" {
+                        Ok(Reply::Value(Some("yes".into())))
+                    } else {
+                        Ok(Reply::Value(None))
+                    };
+                    reply(&mut conn, request.id, result).await;
+                }
+            });
+        }
+    });
+
+    timeout(TEST_LIMIT, async {
+        assert_eq!(
+            kvctl(&addr, &["get", "present"]).await,
+            (0, "yes\n".into(), String::new())
+        );
+        assert_eq!(
+            kvctl(&addr, &["get", "absent"]).await,
+            (1, String::new(), String::new())
+        );
+        assert_eq!(
+            kvctl(&addr, &["--json", "get", "absent"]).await,
+            (1, "{\"key\":\"absent\",\"value\":null}\n".into(), String::new())
+        );
+        assert_eq!(
+            kvctl(&addr, &["put", "present", "v"]).await,
+            (0, "yes\n".into(), String::new())
+        );
+        assert_eq!(
+            kvctl(&addr, &["put", "absent", "v"]).await,
+            (0, String::new(), String::new())
+        );
+        let (code, stdout, _) = kvctl(&addr, &["--json", "delete", "present"]).await;
+        assert_eq!(code, 0);
+        let json: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+        assert_eq!(json, serde_json::json!({"key": "present", "old_value": "yes"}));
+        let (code, stdout, stderr) = kvctl(&addr, &["get", "bad"]).await;
+        assert_eq!((code, stdout.as_str()), (2, ""));
+        assert!(stderr.contains("key must not be empty"), "{stderr}");
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -1,0 +1,287 @@
+//! `cluster.toml`: the cluster's members, timers and limits.
+//!
+//! Loaded with the `config` crate; environment variables `KVS_<SECTION>__<KEY>`
+//! override the file (for example `KVS_CLUSTER__ELECTION_TIMEOUT_MS=500`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::messages::Settings;
+use protocol::NodeId;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Load {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid cluster configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterFile {
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    pub nodes: Vec<NodeEntry>,
+    /// Folder of the file itself: a relative `data_dir` is taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSection {
+    pub id: String,
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "defaults::commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "defaults::election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    #[serde(default = "defaults::trim_interval_ms")]
+    pub trim_interval_ms: u64,
+    #[serde(default = "defaults::max_key_bytes")]
+    pub max_key_bytes: usize,
+    #[serde(default = "defaults::max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// How long a client request may wait for its answer; default: twice the election timeout.
+    pub request_timeout_ms: Option<u64>,
+    /// Most entries per AppendEntries message.
+    #[serde(default = "defaults::max_batch_entries")]
+    pub max_batch_entries: usize,
+    /// Most entries sent to one follower and not yet acknowledged.
+    #[serde(default = "defaults::max_inflight_entries")]
+    pub max_inflight_entries: u64,
+    /// Largest frame accepted from a peer (AppendEntries batches, snapshots).
+    #[serde(default = "defaults::max_peer_frame_bytes")]
+    pub max_peer_frame_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSection {
+    #[serde(default = "defaults::engine")]
+    pub engine: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            engine: defaults::engine(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub client_addr: String,
+    pub peer_addr: String,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("data")
+    }
+    pub fn commit_interval_ms() -> u64 {
+        2000
+    }
+    pub fn heartbeat_interval_ms() -> u64 {
+        5000
+    }
+    pub fn election_timeout_ms() -> u64 {
+        8000
+    }
+    pub fn trim_interval_ms() -> u64 {
+        60000
+    }
+    pub fn max_key_bytes() -> usize {
+        128
+    }
+    pub fn max_value_bytes() -> usize {
+        2048
+    }
+    pub fn max_batch_entries() -> usize {
+        1024
+    }
+    pub fn max_inflight_entries() -> u64 {
+        16384
+    }
+    pub fn max_peer_frame_bytes() -> usize {
+        protocol::codec::DEFAULT_MAX_PEER_FRAME
+    }
+    pub fn engine() -> String {
+        "embedded".into()
+    }
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let load_error = |source| ConfigError::Load {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file: ClusterFile = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("KVS")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(load_error)?;
+        file.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        file.validate()?;
+        Ok(file)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.nodes.is_empty() {
+            return invalid("no [[nodes]] listed".into());
+        }
+        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.nodes.len() {
+            return invalid("two [[nodes]] share an id".into());
+        }
+        if ids.contains(&0) || ids.iter().any(|&id| id >= 1 << 16) {
+            return invalid("node ids must be between 1 and 65535".into());
+        }
+        if c.heartbeat_interval_ms == 0 || c.election_timeout_ms <= c.heartbeat_interval_ms {
+            return invalid(format!(
+                "election_timeout_ms ({}) must be larger than heartbeat_interval_ms ({}), which must not be 0",
+                c.election_timeout_ms, c.heartbeat_interval_ms
+            ));
+        }
+        if c.commit_interval_ms == 0 || c.trim_interval_ms == 0 {
+            return invalid("commit_interval_ms and trim_interval_ms must not be 0".into());
+        }
+        if c.max_key_bytes == 0 || c.max_key_bytes + c.max_value_bytes > protocol::codec::MAX_CLIENT_FRAME / 2 {
+            return invalid(format!(
+                "max_key_bytes + max_value_bytes must fit in half a client frame ({} bytes)",
+                protocol::codec::MAX_CLIENT_FRAME / 2
+            ));
+        }
+        if c.max_batch_entries == 0 || c.max_inflight_entries == 0 {
+            return invalid("max_batch_entries and max_inflight_entries must not be 0".into());
+        }
+        if self.storage.engine != "embedded" {
+            return invalid(format!(
+                "storage engine {:?} is not available; this build has \"embedded\"",
+                self.storage.engine
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeEntry, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ConfigError::Invalid(format!("node {id} is not listed in [[nodes]]")))
+    }
+
+    /// The cluster's data folder (a relative one is taken from the file's folder).
+    pub fn data_dir(&self) -> PathBuf {
+        if self.cluster.data_dir.is_absolute() {
+            self.cluster.data_dir.clone()
+        } else {
+            self.base_dir.join(&self.cluster.data_dir)
+        }
+    }
+
+    /// What the actors of node `id` need to know.
+    pub fn settings_for(&self, id: NodeId) -> Result<Arc<Settings>, ConfigError> {
+        self.node(id)?;
+        let c = &self.cluster;
+        let election_timeout = Duration::from_millis(c.election_timeout_ms);
+        Ok(Arc::new(Settings {
+            node_id: id,
+            cluster_id: c.id.clone(),
+            members: self.nodes.iter().map(|n| (n.id, n.client_addr.clone())).collect(),
+            data_dir: self.data_dir().join(id.to_string()),
+            commit_interval: Duration::from_millis(c.commit_interval_ms),
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+            election_timeout,
+            trim_interval: Duration::from_millis(c.trim_interval_ms),
+            request_timeout: c
+                .request_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(election_timeout * 2),
+            max_key_bytes: c.max_key_bytes,
+            max_value_bytes: c.max_value_bytes,
+            max_batch_entries: c.max_batch_entries,
+            max_inflight_entries: c.max_inflight_entries,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = r#"
+[cluster]
+id = "t"
+[[nodes]]
+id = 1
+client_addr = "127.0.0.1:5000"
+peer_addr = "127.0.0.1:6000"
+"#;
+
+    #[test]
+    fn defaults_are_the_documented_timers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ClusterFile::load(&write(dir.path(), MINIMAL)).unwrap();
+        let s = file.settings_for(1).unwrap();
+        assert_eq!(s.commit_interval, Duration::from_secs(2));
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(s.election_timeout, Duration::from_secs(8));
+        assert_eq!(s.trim_interval, Duration::from_secs(60));
+        assert_eq!((s.max_key_bytes, s.max_value_bytes), (128, 2048));
+        assert_eq!(s.data_dir, dir.path().join("data").join("1"));
+    }
+
+    #[test]
+    fn bad_timers_and_unknown_nodes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = MINIMAL.replace(
+            "id = \"t\"",
+            "id = \"t\"\nheartbeat_interval_ms = 900\nelection_timeout_ms = 800",
+        );
+        assert!(matches!(
+            ClusterFile::load(&write(dir.path(), &text)),
+            Err(ConfigError::Invalid(_))
+        ));
+        let file = ClusterFile::load(&write(dir.path(), MINIMAL)).unwrap();
+        assert!(file.settings_for(7).is_err());
+    }
+
+    #[test]
+    fn the_shipped_cluster_toml_is_the_three_local_nodes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let file = ClusterFile::load(&path).unwrap();
+        let clients: Vec<&str> = file.nodes.iter().map(|n| n.client_addr.as_str()).collect();
+        assert_eq!(clients, ["127.0.0.1:5000", "127.0.0.1:5001", "127.0.0.1:5002"]);
+        assert_eq!(file.cluster.id, "kvs-local");
+        assert_eq!(file.storage.engine, "embedded");
+    }
+}

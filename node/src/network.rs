@@ -1,0 +1,358 @@
+//! The node's sockets: the peer links and the client port.
+//!
+//! Every connection starts with the versioned handshake; frames are bounded
+//! (a small limit until the handshake is accepted, then the port's own);
+//! undecodable input gets a clear error and the node goes on serving.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actors::messages::{ClientCall, PeerInbound, PeerTransport};
+use actors::{ClientGateway, ElectionActor};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use protocol::codec::{MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
+use protocol::{
+    decode, encode, frame_codec, ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeId, Party,
+    PeerEnvelope, RejectReason, PROTOCOL_VERSION,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tracing::{debug, info, warn};
+
+/// Peer messages queued per peer while its link is slow or down; beyond this they are dropped.
+const PEER_QUEUE: usize = 8192;
+/// Requests one client connection may have in flight.
+const CLIENT_IN_FLIGHT: usize = 1024;
+/// How long the far end has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Outgoing peer links: one queue and one connection per peer.
+pub struct PeerNetwork {
+    queues: HashMap<NodeId, mpsc::Sender<PeerEnvelope>>,
+}
+
+impl PeerTransport for PeerNetwork {
+    fn send(&self, envelope: PeerEnvelope) {
+        if let Some(queue) = self.queues.get(&envelope.to) {
+            if queue.try_send(envelope).is_err() {
+                debug!("peer queue full or closed: message dropped");
+            }
+        }
+    }
+}
+
+pub struct PeerLink {
+    pub peer: NodeId,
+    pub addr: String,
+    queue: mpsc::Receiver<PeerEnvelope>,
+}
+
+impl PeerNetwork {
+    /// Queues for every peer; the links that drain them start with [`run_peer_link`].
+    pub fn new(peers: &[(NodeId, String)]) -> (Arc<Self>, Vec<PeerLink>) {
+        let mut queues = HashMap::new();
+        let mut links = Vec::new();
+        for (peer, addr) in peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(*peer, tx);
+            links.push(PeerLink {
+                peer: *peer,
+                addr: addr.clone(),
+                queue: rx,
+            });
+        }
+        (Arc::new(PeerNetwork { queues }), links)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("wire: {0}")]
+    Wire(#[from] protocol::WireError),
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    #[error("connection closed during handshake")]
+    Closed,
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// Keeps one outgoing connection to a peer alive and drains its queue into it.
+pub async fn run_peer_link(me: NodeId, cluster_id: String, mut link: PeerLink) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match connect_peer(me, &cluster_id, &link.addr).await {
+            Ok(mut framed) => {
+                info!(peer = link.peer, addr = %link.addr, "peer link up");
+                backoff = Duration::from_millis(20);
+                if let Err(e) = pump(&mut framed, &mut link.queue).await {
+                    info!(peer = link.peer, "peer link down: {e}");
+                }
+            }
+            Err(e) => debug!(peer = link.peer, addr = %link.addr, "cannot reach peer: {e}"),
+        }
+        // Messages queued while down are stale by now; Raft re-sends what matters.
+        while link.queue.try_recv().is_ok() {}
+        if link.queue.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn connect_peer(
+    me: NodeId,
+    cluster_id: &str,
+    addr: &str,
+) -> Result<Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
+    framed
+        .send(encode(&Hello::new(cluster_id, Party::Peer { node_id: me }))?)
+        .await?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| LinkError::Timeout)?
+        .ok_or(LinkError::Closed)??;
+    match decode::<HelloReply>(&reply)? {
+        HelloReply::Accepted { .. } => Ok(framed),
+        HelloReply::Rejected { message, .. } => Err(LinkError::Refused(message)),
+    }
+}
+
+/// Writes queued messages, as many per flush as are waiting.
+async fn pump(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    queue: &mut mpsc::Receiver<PeerEnvelope>,
+) -> Result<(), LinkError> {
+    loop {
+        tokio::select! {
+            message = queue.recv() => {
+                let Some(message) = message else { return Ok(()) };
+                framed.feed(encode(&message)?).await?;
+                while let Ok(more) = queue.try_recv() {
+                    framed.feed(encode(&more)?).await?;
+                }
+                SinkExt::<Bytes>::flush(framed).await?;
+            }
+            // The far end never writes on this link; reading tells us when it closes.
+            incoming = framed.next() => {
+                if incoming.is_none() {
+                    return Err(LinkError::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts peer connections and feeds their messages to the ElectionActor.
+pub async fn serve_peers(
+    listener: TcpListener,
+    me: NodeId,
+    cluster_id: String,
+    members: Vec<NodeId>,
+    max_frame: usize,
+    election: Addr<ElectionActor>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!("peer accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (cluster_id, members, election) = (cluster_id.clone(), members.clone(), election.clone());
+        actix::spawn(async move {
+            if let Err(e) = peer_connection(stream, me, &cluster_id, &members, max_frame, election).await {
+                info!(%remote, "peer connection closed: {e}");
+            }
+        });
+    }
+}
+
+/// Reads and checks the opening hello; answers it. Returns who connected.
+async fn accept_handshake(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    me: NodeId,
+    cluster_id: &str,
+    expect_peer: bool,
+    members: &[NodeId],
+) -> Result<Party, LinkError> {
+    let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| LinkError::Timeout)?
+        .ok_or(LinkError::Closed)??;
+    let verdict = match decode::<Hello>(&frame) {
+        Err(e) => Err((RejectReason::Malformed, format!("expected a kvs hello: {e}"))),
+        Ok(hello) => hello.check(cluster_id, expect_peer).and_then(|()| match hello.party {
+            Party::Peer { node_id } if node_id == me || !members.contains(&node_id) => Err((
+                RejectReason::UnknownNode,
+                format!("node {node_id} is not a peer of node {me} in this cluster"),
+            )),
+            party => Ok(party),
+        }),
+    };
+    match verdict {
+        Ok(party) => {
+            framed
+                .send(encode(&HelloReply::Accepted {
+                    node_id: me,
+                    version: PROTOCOL_VERSION,
+                })?)
+                .await?;
+            Ok(party)
+        }
+        Err((reason, message)) => {
+            let _ = framed
+                .send(encode(&HelloReply::Rejected {
+                    reason,
+                    message: message.clone(),
+                })?)
+                .await;
+            Err(LinkError::Refused(message))
+        }
+    }
+}
+
+async fn peer_connection(
+    stream: TcpStream,
+    me: NodeId,
+    cluster_id: &str,
+    members: &[NodeId],
+    max_frame: usize,
+    election: Addr<ElectionActor>,
+) -> Result<(), LinkError> {
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
+    let Party::Peer { node_id: peer } = accept_handshake(&mut framed, me, cluster_id, true, members).await? else {
+        return Err(LinkError::Refused("not a peer".into()));
+    };
+    framed.codec_mut().set_max_frame_length(max_frame);
+    debug!(peer, "peer connected");
+    while let Some(frame) = framed.next().await {
+        let envelope: PeerEnvelope = decode(&frame?)?;
+        if envelope.from != peer || envelope.to != me {
+            warn!(
+                peer,
+                from = envelope.from,
+                to = envelope.to,
+                "peer message with a forged sender or wrong recipient: closing"
+            );
+            return Err(LinkError::Refused("forged sender".into()));
+        }
+        election.do_send(PeerInbound(envelope));
+    }
+    Ok(())
+}
+
+/// Accepts client connections and hands their requests to the ClientGateway.
+pub async fn serve_clients(listener: TcpListener, me: NodeId, cluster_id: String, gateway: Addr<ClientGateway>) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!("client accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (cluster_id, gateway) = (cluster_id.clone(), gateway.clone());
+        actix::spawn(async move {
+            match client_connection(stream, me, &cluster_id, gateway).await {
+                Ok(()) => debug!(%remote, "client disconnected"),
+                Err(e) => info!(%remote, "client connection closed: {e}"),
+            }
+        });
+    }
+}
+
+async fn client_connection(
+    stream: TcpStream,
+    me: NodeId,
+    cluster_id: &str,
+    gateway: Addr<ClientGateway>,
+) -> Result<(), LinkError> {
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
+    accept_handshake(&mut framed, me, cluster_id, false, &[]).await?;
+    framed.codec_mut().set_max_frame_length(MAX_CLIENT_FRAME);
+    let (mut sink, mut frames) = framed.split();
+    let (reply, mut replies) = mpsc::channel::<ClientResponse>(CLIENT_IN_FLIGHT + 16);
+    let in_flight = Arc::new(Semaphore::new(CLIENT_IN_FLIGHT));
+    let writer_permits = in_flight.clone();
+    let writer = actix::spawn(async move {
+        while let Some(response) = replies.recv().await {
+            let bytes: Bytes = match encode(&response) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    warn!("response could not be encoded: {e}");
+                    continue;
+                }
+            };
+            let mut result = sink.feed(bytes).await;
+            let mut answered = 1;
+            while let (Ok(()), Ok(more)) = (&result, replies.try_recv()) {
+                answered += 1;
+                result = match encode(&more) {
+                    Ok(bytes) => sink.feed(bytes).await,
+                    Err(_) => Ok(()),
+                };
+            }
+            writer_permits.add_permits(answered);
+            if result.is_err() || SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = loop {
+        let Some(frame) = frames.next().await else { break Ok(()) };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                // The framing is lost (e.g. an oversized frame): say why, then close.
+                let message = format!("bad frame: {e}");
+                let _ = reply
+                    .send(ClientResponse {
+                        id: 0,
+                        result: Err(ClientError::Malformed {
+                            message: message.clone(),
+                        }),
+                    })
+                    .await;
+                break Err(LinkError::Refused(message));
+            }
+        };
+        let Ok(permit) = in_flight.acquire().await else {
+            break Ok(());
+        };
+        permit.forget();
+        match decode::<ClientRequest>(&frame) {
+            Ok(request) => gateway.do_send(ClientCall {
+                request,
+                reply: reply.clone(),
+            }),
+            Err(e) => {
+                // The frame boundary is intact, so the connection can go on.
+                let _ = reply.try_send(ClientResponse {
+                    id: 0,
+                    result: Err(ClientError::Malformed { message: e.to_string() }),
+                });
+            }
+        }
+    };
+    drop(reply);
+    let _ = writer.await;
+    outcome
+}
