@@ -27,10 +27,10 @@ enum StoreJob {
     Replace(StoredState, oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// The store thread finished a flush.
+/// The store thread finished a flush; a failed batch comes back to be retried.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct FlushDone(Result<LogIndex, String>);
+struct FlushDone(Result<LogIndex, (String, FlushBatch)>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -51,6 +51,8 @@ pub struct CommitActor {
     /// Highest index handed to the store thread (a flush in flight or done).
     flush_requested: LogIndex,
     flush_in_flight: bool,
+    /// A batch the store failed to write: it goes out again with the next one.
+    failed_batch: Option<FlushBatch>,
 }
 
 impl CommitActor {
@@ -70,8 +72,10 @@ impl CommitActor {
                 for job in queue {
                     match job {
                         StoreJob::Flush(batch) => {
-                            let index = batch.applied_index;
-                            let result = store.flush(&batch).map(|_| index).map_err(|e| e.to_string());
+                            let result = match store.flush(&batch) {
+                                Ok(()) => Ok(batch.applied_index),
+                                Err(e) => Err((e.to_string(), batch)),
+                            };
                             me.do_send(FlushDone(result));
                         }
                         StoreJob::Replace(state, done) => {
@@ -93,6 +97,7 @@ impl CommitActor {
             flushed,
             flush_requested: flushed,
             flush_in_flight: false,
+            failed_batch: None,
         })
     }
 
@@ -114,10 +119,15 @@ impl CommitActor {
         if self.flush_in_flight {
             return;
         }
-        let batch = match self.state.take_flush_batch(self.flush_requested) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => return,
+        let fresh = match self.state.take_flush_batch(self.flush_requested) {
+            Ok(fresh) => fresh,
             Err(e) => return fatal(&format!("state could not be encoded for a flush: {e}")),
+        };
+        let batch = match (self.failed_batch.take(), fresh) {
+            (Some(failed), Some(fresh)) => failed.then(fresh),
+            (Some(failed), None) => failed,
+            (None, Some(fresh)) => fresh,
+            (None, None) => return,
         };
         self.flush_requested = batch.applied_index;
         self.flush_in_flight = true;
@@ -154,6 +164,9 @@ impl Actor for CommitActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // A clean shutdown flushes what it can, so the next start replays less.
+        self.flush_in_flight = false;
+        self.start_flush();
         self.store_jobs.take();
         if let Some(thread) = self.store_thread.take() {
             let _ = thread.join();
@@ -243,10 +256,20 @@ impl Handler<FlushDone> for CommitActor {
                 debug!(flushed = self.flushed, "state store flushed");
                 self.election.do_send(Flushed(self.flushed));
             }
-            Err(e) => {
-                // The log still holds everything: keep serving, try again next tick.
-                warn!("state store flush failed, will retry: {e}");
-                self.flush_requested = self.flushed;
+            Err((_, batch)) if batch.applied_index <= self.flushed => {
+                // Superseded by a snapshot install, which replaced the whole store.
+            }
+            Err((e, batch)) => {
+                // The log still holds everything (it is trimmed only up to `flushed`):
+                // keep serving and write the same changes again at the next tick.
+                warn!(
+                    applied = batch.applied_index,
+                    "state store flush failed, will retry: {e}"
+                );
+                self.failed_batch = Some(match self.failed_batch.take() {
+                    Some(newer) => batch.then(newer),
+                    None => batch,
+                });
             }
         }
     }
@@ -299,6 +322,7 @@ impl Handler<InstallSnapshot> for CommitActor {
             "snapshot installed in memory; writing to the store"
         );
         self.state = state;
+        self.failed_batch = None;
         // Writes waiting at or below the snapshot were settled elsewhere; we cannot tell their answer.
         let later = self.waiting.split_off(&(snapshot.index + 1));
         for (_, (_, _, responder)) in std::mem::replace(&mut self.waiting, later) {

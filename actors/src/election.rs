@@ -132,7 +132,10 @@ impl ElectionActor {
             self.transport.send(message);
         }
         if !ready.nothing_to_persist() || !ready.after_persist.is_empty() {
-            let rewrite = ready.compact_to.map(|_| {
+            // Trimming and snapshot installs replace the whole durable log by the
+            // core's log, atomically (the WAL's rewrite is write, fsync, rename).
+            let replace_log = ready.compact_to.is_some() || ready.log_reset.is_some();
+            let rewrite = replace_log.then(|| {
                 let log = self.core.log();
                 Rewrite {
                     hard_state: self.core.hard_state(),
@@ -150,7 +153,6 @@ impl ElectionActor {
             }
             self.log.do_send(Persist {
                 hard_state: ready.hard_state,
-                log_reset: ready.log_reset,
                 entries: ready.entries,
                 rewrite,
                 then_send: ready.after_persist,

@@ -46,7 +46,8 @@ impl HeartbeatActor {
     fn start_leader_timers(&mut self, ctx: &mut Context<Self>) {
         let ticks = [
             (self.settings.heartbeat_interval, Tick::Heartbeat),
-            (self.settings.election_timeout, Tick::QuorumCheck),
+            // Two timeouts long, so one lost heartbeat answer cannot depose a healthy leader.
+            (self.settings.election_timeout * 2, Tick::QuorumCheck),
             (self.settings.trim_interval, Tick::Trim),
         ];
         for (every, tick) in ticks {

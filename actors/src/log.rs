@@ -122,10 +122,6 @@ impl WalWriter {
                 if let Some(hard) = persist.hard_state {
                     records.push(WalRecord::HardState(hard));
                 }
-                if let Some((index, term)) = persist.log_reset {
-                    records.push(WalRecord::LogStart { index, term });
-                    durable = Some((index, term));
-                }
                 entry_count += persist.entries.len();
                 if let Some(last) = persist.entries.last() {
                     durable = Some((last.index, last.term));
@@ -141,6 +137,12 @@ impl WalWriter {
                         rewrite.start_term,
                         &rewrite.entries,
                     )?;
+                    durable = Some(
+                        rewrite
+                            .entries
+                            .last()
+                            .map_or((rewrite.start_index, rewrite.start_term), |e| (e.index, e.term)),
+                    );
                     info!(
                         start = rewrite.start_index,
                         kept = rewrite.entries.len(),

@@ -35,6 +35,8 @@ pub struct Settings {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_entries: usize,
+    /// About the most bytes of entries per AppendEntries (kept well under the peer frame limit).
+    pub max_batch_bytes: usize,
     pub max_inflight_entries: u64,
 }
 
@@ -184,7 +186,6 @@ pub struct Rewrite {
 #[rtype(result = "()")]
 pub struct Persist {
     pub hard_state: Option<HardState>,
-    pub log_reset: Option<(LogIndex, Term)>,
     pub entries: Vec<Entry>,
     pub rewrite: Option<Rewrite>,
     pub then_send: Vec<PeerEnvelope>,

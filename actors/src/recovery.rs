@@ -75,8 +75,12 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         id: settings.node_id,
         members: settings.member_ids(),
         max_batch_entries: settings.max_batch_entries,
+        max_batch_bytes: settings.max_batch_bytes,
         max_inflight_entries: settings.max_inflight_entries,
-        snapshot_retry_rounds: 20,
+        // A lost snapshot is sent again after about two election timeouts.
+        snapshot_retry_rounds: (2 * settings.election_timeout.as_millis()
+            / settings.heartbeat_interval.as_millis().max(1))
+        .max(3) as u64,
     };
     let core = RaftCore::new(config, from_wal.hard_state, log, applied);
     let state = StateMachine::from_stored(stored)?;

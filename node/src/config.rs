@@ -223,6 +223,7 @@ impl ClusterFile {
             max_key_bytes: c.max_key_bytes,
             max_value_bytes: c.max_value_bytes,
             max_batch_entries: c.max_batch_entries,
+            max_batch_bytes: (c.max_peer_frame_bytes / 4).clamp(4096, 4 << 20),
             max_inflight_entries: c.max_inflight_entries,
         }))
     }

@@ -84,10 +84,10 @@ enum LinkError {
 }
 
 /// Keeps one outgoing connection to a peer alive and drains its queue into it.
-pub async fn run_peer_link(me: NodeId, cluster_id: String, mut link: PeerLink) {
+pub async fn run_peer_link(me: NodeId, cluster_id: String, max_frame: usize, mut link: PeerLink) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        match connect_peer(me, &cluster_id, &link.addr).await {
+        match connect_peer(me, &cluster_id, &link.addr, max_frame).await {
             Ok(mut framed) => {
                 info!(peer = link.peer, addr = %link.addr, "peer link up");
                 backoff = Duration::from_millis(20);
@@ -111,6 +111,7 @@ async fn connect_peer(
     me: NodeId,
     cluster_id: &str,
     addr: &str,
+    max_frame: usize,
 ) -> Result<Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -125,7 +126,11 @@ async fn connect_peer(
         .map_err(|_| LinkError::Timeout)?
         .ok_or(LinkError::Closed)??;
     match decode::<HelloReply>(&reply)? {
-        HelloReply::Accepted { .. } => Ok(framed),
+        HelloReply::Accepted { .. } => {
+            // The small limit guarded the handshake; peer messages may be as large as the peer accepts.
+            framed.codec_mut().set_max_frame_length(max_frame);
+            Ok(framed)
+        }
         HelloReply::Rejected { message, .. } => Err(LinkError::Refused(message)),
     }
 }

@@ -97,7 +97,12 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
     ));
 
     for link in links {
-        actix::spawn(run_peer_link(id, settings.cluster_id.clone(), link));
+        actix::spawn(run_peer_link(
+            id,
+            settings.cluster_id.clone(),
+            file.cluster.max_peer_frame_bytes,
+            link,
+        ));
     }
     let members = settings.member_ids();
     actix::spawn(serve_peers(

@@ -50,6 +50,8 @@ pub struct CoreConfig {
     pub members: Vec<NodeId>,
     /// Most entries in one AppendEntries.
     pub max_batch_entries: usize,
+    /// About the most bytes of entries in one AppendEntries (it must fit the peer frame limit).
+    pub max_batch_bytes: usize,
     /// Most entries sent to a follower but not yet acknowledged.
     pub max_inflight_entries: u64,
     /// Heartbeat rounds after which an unanswered snapshot is sent again.
@@ -74,7 +76,8 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     /// A snapshot to install in the state store (before the log is reset to it).
     pub install_snapshot: Option<SnapshotToInstall>,
-    /// The log now starts after this point (index, term): persist it after the snapshot.
+    /// The log now starts after this point (index, term): after installing the snapshot,
+    /// replace the durable log by the core's whole log, atomically.
     pub log_reset: Option<(LogIndex, Term)>,
     /// Entries to write; each replaces whatever the log held at its index and after.
     pub entries: Vec<Entry>,
@@ -105,6 +108,17 @@ impl Ready {
             && self.entries.is_empty()
             && self.compact_to.is_none()
     }
+}
+
+/// Why an AppendEntries is being considered for one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    /// Periodic or for a read round: something must go, even with no entries.
+    Heartbeat,
+    /// After a rejection: resend from the new next index (nothing while a snapshot is due).
+    Probe,
+    /// Only if there are new entries the follower may take.
+    NewEntries,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -332,7 +346,7 @@ impl RaftCore {
         // A leader may only count replicas of entries of its own term (invariant 6),
         // so it appends a no-op at once; reads wait for it to commit.
         self.term_start_index = self.append_local(Command::Noop, 0);
-        self.broadcast_append(true);
+        self.broadcast_append(Send::Heartbeat);
         self.maybe_commit();
     }
 
@@ -363,7 +377,7 @@ impl RaftCore {
     /// Sends whatever followers are missing (call after a batch of proposals).
     pub fn replicate(&mut self) {
         if self.role == Role::Leader {
-            self.broadcast_append(false);
+            self.broadcast_append(Send::NewEntries);
             self.maybe_commit();
         }
     }
@@ -401,7 +415,7 @@ impl RaftCore {
         if self.quorum() == 1 {
             self.confirm_reads();
         } else {
-            self.broadcast_append(true);
+            self.broadcast_append(Send::Heartbeat);
         }
     }
 
@@ -429,7 +443,7 @@ impl RaftCore {
             return;
         }
         self.heartbeat_rounds += 1;
-        self.broadcast_append(true);
+        self.broadcast_append(Send::Heartbeat);
     }
 
     /// Called once per election timeout while leading: a leader that has not
@@ -504,30 +518,36 @@ impl RaftCore {
 
     // ----- replication, leader side -----
 
-    fn broadcast_append(&mut self, heartbeat: bool) {
+    fn broadcast_append(&mut self, mode: Send) {
         let peers: Vec<NodeId> = self.peers().collect();
         for peer in peers {
-            self.send_append(peer, heartbeat);
+            self.send_append(peer, mode);
         }
     }
 
-    fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+    fn send_append(&mut self, peer: NodeId, mode: Send) {
         let Some(progress) = self.progress.get(&peer) else {
             return;
         };
         let next = progress.next_index;
         if next <= self.log.start_index() {
             self.request_snapshot(peer);
+            if mode == Send::Heartbeat {
+                // Keep the follower's election timer quiet while its snapshot is on the way.
+                let (prev_log_index, prev_log_term) = (self.log.start_index(), self.log.start_term());
+                self.push_append(peer, prev_log_index, prev_log_term, Vec::new());
+            }
             return;
         }
         let in_flight = next.saturating_sub(progress.match_index + 1);
         let has_new = next <= self.log.last_index();
         let can_send = has_new && in_flight < self.config.max_inflight_entries;
-        if !can_send && !heartbeat {
+        if !can_send && mode == Send::NewEntries {
             return;
         }
         let entries = if can_send {
-            self.log.slice(next, self.config.max_batch_entries)
+            self.log
+                .slice_bounded(next, self.config.max_batch_entries, self.config.max_batch_bytes)
         } else {
             Vec::new()
         };
@@ -539,6 +559,10 @@ impl RaftCore {
         if let (Some(last), Some(progress)) = (entries.last(), self.progress.get_mut(&peer)) {
             progress.next_index = last.index + 1;
         }
+        self.push_append(peer, prev_log_index, prev_log_term, entries);
+    }
+
+    fn push_append(&mut self, peer: NodeId, prev_log_index: LogIndex, prev_log_term: Term, entries: Vec<Entry>) {
         let message = PeerMessage::AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -647,7 +671,8 @@ impl RaftCore {
         if success {
             self.maybe_commit();
         }
-        self.send_append(from, !success);
+        let mode = if success { Send::NewEntries } else { Send::Probe };
+        self.send_append(from, mode);
         if self.read_round_open {
             self.confirm_reads();
         }
@@ -802,6 +827,18 @@ impl RaftCore {
             );
             return;
         }
+        // Entries must follow prev one by one, in terms no newer than the leader's: anything
+        // else is a corrupt or forged message, and must not touch the log.
+        let contiguous = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| prev_log_index.checked_add(i as LogIndex + 1) == Some(e.index) && e.term <= self.hard.term);
+        let terms_ordered = entries.windows(2).all(|w| w[0].term <= w[1].term)
+            && entries.first().is_none_or(|e| e.term >= prev_log_term);
+        if !contiguous || !terms_ordered {
+            tracing::warn!(leader, "malformed AppendEntries ignored");
+            return;
+        }
         self.accept_leader(leader);
         let start = self.log.start_index();
         // Entries at or before our start point are committed and already here.
@@ -881,8 +918,10 @@ impl RaftCore {
         self.released = index;
         self.flushed = index;
         self.ready.install_snapshot = Some(SnapshotToInstall { index, term, data });
+        // The caller rewrites the whole durable log to the new start and any kept suffix,
+        // atomically: a crash must not lose durable entries past the snapshot.
         self.ready.log_reset = Some((index, term));
-        self.ready.entries = self.log.slice(index + 1, usize::MAX);
+        self.ready.entries.clear();
         let reply = self.envelope(
             leader,
             PeerMessage::SnapshotResponse {

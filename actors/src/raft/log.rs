@@ -6,7 +6,17 @@
 
 use std::collections::VecDeque;
 
-use protocol::{Entry, LogIndex, Term};
+use protocol::{Command, Entry, LogIndex, Term};
+
+/// An upper estimate of an entry's encoded size, for batching by bytes.
+pub fn encoded_size_estimate(entry: &Entry) -> usize {
+    let payload = match &entry.command {
+        Command::Noop => 0,
+        Command::Put { key, value, .. } => key.len() + value.len(),
+        Command::Delete { key, .. } => key.len(),
+    };
+    payload + 128
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct MemLog {
@@ -76,11 +86,26 @@ impl MemLog {
 
     /// Entries from `from` on, at most `max` of them.
     pub fn slice(&self, from: LogIndex, max: usize) -> Vec<Entry> {
+        self.slice_bounded(from, max, usize::MAX)
+    }
+
+    /// Entries from `from` on, at most `max` of them and about `max_bytes`
+    /// (always at least one, so an entry larger than the budget still moves).
+    pub fn slice_bounded(&self, from: LogIndex, max: usize, max_bytes: usize) -> Vec<Entry> {
         if from <= self.start_index || from > self.last_index() {
             return Vec::new();
         }
         let skip = (from - self.first_index()) as usize;
-        self.entries.iter().skip(skip).take(max).cloned().collect()
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for entry in self.entries.iter().skip(skip).take(max) {
+            bytes += encoded_size_estimate(entry);
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        out
     }
 
     /// The first index of the run of entries that has `term` and ends at `index`:
@@ -142,7 +167,6 @@ impl MemLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Command;
 
     fn e(index: LogIndex, term: Term) -> Entry {
         Entry {
@@ -179,6 +203,24 @@ mod tests {
         assert_eq!((log.start_index(), log.start_term(), log.len()), (2, 1, 1));
         assert_eq!(log.slice(1, 10), vec![]);
         assert_eq!(log.slice(3, 10), vec![e(3, 2)]);
+    }
+
+    #[test]
+    fn slices_are_bounded_by_bytes_but_never_empty() {
+        let big = |index| Entry {
+            index,
+            term: 1,
+            request_id: 0,
+            command: Command::Put {
+                key: "k".into(),
+                value: "v".repeat(1000),
+                session: None,
+            },
+        };
+        let log = MemLog::new(0, 0, (1..=10).map(big).collect());
+        assert_eq!(log.slice_bounded(1, 100, 3000).len(), 2);
+        assert_eq!(log.slice_bounded(1, 100, 10).len(), 1);
+        assert_eq!(log.slice_bounded(1, 3, usize::MAX).len(), 3);
     }
 
     #[test]

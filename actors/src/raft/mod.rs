@@ -4,7 +4,7 @@ mod core;
 mod log;
 
 pub use self::core::{CoreConfig, HardState, RaftCore, ReadId, Ready, SnapshotToInstall};
-pub use self::log::MemLog;
+pub use self::log::{encoded_size_estimate, MemLog};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ fn config(id: NodeId, members: &[NodeId]) -> CoreConfig {
         id,
         members: members.to_vec(),
         max_batch_entries: 64,
+        max_batch_bytes: 1 << 20,
         max_inflight_entries: 1024,
         snapshot_retry_rounds: 5,
     }

@@ -32,6 +32,30 @@ pub struct FlushBatch {
     pub sessions: Vec<u8>,
 }
 
+impl FlushBatch {
+    /// Folds a newer batch into this (older, unwritten) one: the newer change of a key wins.
+    pub fn then(self, newer: FlushBatch) -> FlushBatch {
+        let mut changes: HashMap<String, Option<String>> = HashMap::new();
+        for batch in [self, newer.clone()] {
+            changes.extend(batch.upserts.into_iter().map(|(k, v)| (k, Some(v))));
+            changes.extend(batch.deletes.into_iter().map(|k| (k, None)));
+        }
+        let mut merged = FlushBatch {
+            applied_index: newer.applied_index,
+            applied_term: newer.applied_term,
+            sessions: newer.sessions,
+            ..FlushBatch::default()
+        };
+        for (key, value) in changes {
+            match value {
+                Some(value) => merged.upserts.push((key, value)),
+                None => merged.deletes.push(key),
+            }
+        }
+        merged
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store I/O failed: {0}")]
