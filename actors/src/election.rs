@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use protocol::{ClientError, NodeId, NodeStatus, Role, Term};
+use protocol::{ClientError, NodeId, NodeStatus, PeerMessage, Role, Term};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::commit::CommitActor;
@@ -22,6 +22,7 @@ use crate::heartbeat::HeartbeatActor;
 use crate::log::LogActor;
 use crate::messages::*;
 use crate::raft::{RaftCore, ReadId, Ready};
+use crate::state::StateMachine;
 
 pub struct ElectionActor {
     settings: Arc<Settings>,
@@ -267,6 +268,23 @@ impl Handler<PeerInbound> for ElectionActor {
 
     fn handle(&mut self, PeerInbound(envelope): PeerInbound, ctx: &mut Context<Self>) {
         let _span = self.span().entered();
+        if let PeerMessage::InstallSnapshot {
+            last_index,
+            last_term,
+            data,
+            ..
+        } = &envelope.message
+        {
+            // Check a snapshot before the core acts on it: once the core has reset its
+            // log, a snapshot the store cannot take would leave the node no way back.
+            match StateMachine::decode_snapshot(data) {
+                Ok(stored) if (stored.applied_index, stored.applied_term) == (*last_index, *last_term) => {}
+                _ => {
+                    warn!(from = envelope.from, last_index, "undecodable or inconsistent snapshot ignored");
+                    return;
+                }
+            }
+        }
         self.core.step(envelope);
         self.process(ctx);
     }
