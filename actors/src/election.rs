@@ -132,32 +132,15 @@ impl ElectionActor {
         for message in ready.messages.drain(..) {
             self.transport.send(message);
         }
-        if !ready.nothing_to_persist() || !ready.after_persist.is_empty() {
-            // Trimming and snapshot installs replace the whole durable log by the
-            // core's log, atomically (the WAL's rewrite is write, fsync, rename).
-            let replace_log = ready.compact_to.is_some() || ready.log_reset.is_some();
-            let rewrite = replace_log.then(|| {
-                let log = self.core.log();
-                Rewrite {
-                    hard_state: self.core.hard_state(),
-                    start_index: log.start_index(),
-                    start_term: log.start_term(),
-                    entries: log.slice(log.first_index(), usize::MAX),
-                }
-            });
-            if let Some(rewrite) = &rewrite {
+        if let Some(persist) = persist_request(&self.core, &mut ready) {
+            if let Some(rewrite) = &persist.rewrite {
                 info!(
-                    trimmed_to = rewrite.start_index,
+                    log_start = rewrite.start_index,
                     kept = rewrite.entries.len(),
                     "log trimmed"
                 );
             }
-            self.log.do_send(Persist {
-                hard_state: ready.hard_state,
-                entries: ready.entries,
-                rewrite,
-                then_send: ready.after_persist,
-            });
+            self.log.do_send(persist);
         }
         if !ready.committed.is_empty() {
             if let Some(last) = ready.committed.last() {
@@ -237,6 +220,34 @@ impl ElectionActor {
     }
 }
 
+/// What the LogActor must write for `ready` (taking its writes and the
+/// messages that wait for them), or None if nothing must wait for the disk.
+///
+/// Trimming and snapshot installs replace the whole durable log by the core's
+/// log, atomically (the WAL's rewrite is write, fsync, rename): a crash halfway
+/// must not lose durable entries past the new start.
+pub fn persist_request(core: &RaftCore, ready: &mut Ready) -> Option<Persist> {
+    if ready.nothing_to_persist() && ready.after_persist.is_empty() {
+        return None;
+    }
+    let replace_log = ready.compact_to.is_some() || ready.log_reset.is_some();
+    let rewrite = replace_log.then(|| {
+        let log = core.log();
+        Rewrite {
+            hard_state: core.hard_state(),
+            start_index: log.start_index(),
+            start_term: log.start_term(),
+            entries: log.slice(log.first_index(), usize::MAX),
+        }
+    });
+    Some(Persist {
+        hard_state: ready.hard_state.take(),
+        entries: std::mem::take(&mut ready.entries),
+        rewrite,
+        then_send: std::mem::take(&mut ready.after_persist),
+    })
+}
+
 /// A failure this node cannot recover from without losing durability: stop
 /// the node (the process exits non-zero) rather than go on unsafely.
 pub(crate) fn fatal(reason: &str) {
@@ -280,7 +291,10 @@ impl Handler<PeerInbound> for ElectionActor {
             match StateMachine::decode_snapshot(data) {
                 Ok(stored) if (stored.applied_index, stored.applied_term) == (*last_index, *last_term) => {}
                 _ => {
-                    warn!(from = envelope.from, last_index, "undecodable or inconsistent snapshot ignored");
+                    warn!(
+                        from = envelope.from,
+                        last_index, "undecodable or inconsistent snapshot ignored"
+                    );
                     return;
                 }
             }

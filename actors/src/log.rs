@@ -123,9 +123,7 @@ impl WalWriter {
                     records.push(WalRecord::HardState(hard));
                 }
                 entry_count += persist.entries.len();
-                if let Some(last) = persist.entries.last() {
-                    durable = Some((last.index, last.term));
-                }
+                durable = persist.last_written().or(durable);
                 records.extend(persist.entries.drain(..).map(WalRecord::Entry));
                 if let Some(rewrite) = persist.rewrite.take() {
                     // Everything queued so far is in the core's log, hence in the rewrite.
@@ -137,12 +135,6 @@ impl WalWriter {
                         rewrite.start_term,
                         &rewrite.entries,
                     )?;
-                    durable = Some(
-                        rewrite
-                            .entries
-                            .last()
-                            .map_or((rewrite.start_index, rewrite.start_term), |e| (e.index, e.term)),
-                    );
                     info!(
                         start = rewrite.start_index,
                         kept = rewrite.entries.len(),

@@ -191,6 +191,22 @@ pub struct Persist {
     pub then_send: Vec<PeerEnvelope>,
 }
 
+impl Persist {
+    /// The last log position this request makes durable, if it writes any.
+    pub fn last_written(&self) -> Option<(LogIndex, Term)> {
+        match &self.rewrite {
+            // The rewrite comes last and holds the whole log.
+            Some(rewrite) => Some(
+                rewrite
+                    .entries
+                    .last()
+                    .map_or((rewrite.start_index, rewrite.start_term), |e| (e.index, e.term)),
+            ),
+            None => self.entries.last().map(|e| (e.index, e.term)),
+        }
+    }
+}
+
 // ----- to the CommitActor -----
 
 /// Committed entries, in order.

@@ -29,6 +29,18 @@ pub enum RecoveryError {
     StoreBehindLog { applied: LogIndex, start: LogIndex },
 }
 
+/// Makes the log continue the store: if the store already holds a snapshot
+/// the log never recorded (a crash between installing it and rewriting the
+/// log), the log restarts at the store's applied point. Returns true if it did.
+pub fn reconcile(log: &mut MemLog, applied: LogIndex, applied_term: protocol::Term) -> bool {
+    if applied > 0 && log.term(applied) != Some(applied_term) {
+        log.reset_to(applied, applied_term);
+        true
+    } else {
+        false
+    }
+}
+
 pub struct Recovered {
     pub wal: Wal,
     pub store: Box<dyn Store>,
@@ -53,14 +65,11 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         });
     }
     let mut log = MemLog::new(from_wal.start_index, from_wal.start_term, from_wal.entries);
-    if applied > 0 && log.term(applied) != Some(applied_term) {
-        // The store already holds a snapshot the log never recorded (a crash
-        // between installing it and resetting the log): the log restarts there.
+    if reconcile(&mut log, applied, applied_term) {
         warn!(
             applied,
-            applied_term, "log does not reach the store's applied point: resetting it there"
+            applied_term, "log does not reach the store's applied point: reset it there"
         );
-        log.reset_to(applied, applied_term);
         wal.rewrite(from_wal.hard_state, applied, applied_term, &[])?;
     }
     info!(
