@@ -185,6 +185,7 @@ impl ElectionActor {
             return;
         }
         let (role, term, leader) = now;
+        let was_leader = self.announced.0 == Role::Leader;
         if (role, leader) != (self.announced.0, self.announced.2) {
             info!(%role, term, leader = ?leader, "role changed");
         }
@@ -192,7 +193,10 @@ impl ElectionActor {
         self.view.set(term, role);
         self.heartbeat.do_send(RoleChanged { role, term });
         self.gateway.do_send(LeaderChanged { leader, term, role });
-        if role != Role::Leader {
+        // A deposed leader needs an election timer again. A mere term change must not
+        // restart it: a candidate that cannot win (a stale log) would otherwise keep
+        // silencing the nodes that could.
+        if was_leader && role != Role::Leader {
             self.arm_election_timer();
         }
     }

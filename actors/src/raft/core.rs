@@ -665,7 +665,12 @@ impl RaftCore {
             progress.match_index = progress.match_index.max(match_index.min(last_index));
             progress.next_index = progress.next_index.max(progress.match_index + 1);
         } else {
-            // Back off to the follower's hint, never below what it is known to hold.
+            // Back off to the follower's hint. A hint at or below what it was known to
+            // hold means it lost durable entries (a corrupt WAL tail it had to cut):
+            // believe it, so the entries are sent again rather than never.
+            if hint <= progress.match_index {
+                progress.match_index = hint.saturating_sub(1);
+            }
             progress.next_index = hint.max(progress.match_index + 1).min(last_index + 1);
         }
         if success {

@@ -339,6 +339,31 @@ fn entries_of_an_earlier_term_do_not_commit_by_counting() {
 }
 
 #[test]
+fn a_follower_that_lost_acknowledged_entries_gets_them_again() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..5 {
+        cluster.nodes.get_mut(&1).unwrap().propose(Command::Noop, i).unwrap();
+        cluster.nodes.get_mut(&1).unwrap().replicate();
+    }
+    cluster.run();
+    let last = cluster.nodes[&1].log().last_index();
+    // Node 3 restarts with the tail of its WAL cut off (a corrupt last record).
+    let members = [1, 2, 3];
+    let node3 = &cluster.nodes[&3];
+    let kept: Vec<Entry> = node3.log().slice(1, (last - 2) as usize);
+    let hard = node3.hard_state();
+    cluster
+        .nodes
+        .insert(3, RaftCore::new(config(3, &members), hard, MemLog::new(0, 0, kept), 0));
+    for _ in 0..3 {
+        cluster.nodes.get_mut(&1).unwrap().heartbeat();
+        cluster.run();
+    }
+    assert_eq!(cluster.nodes[&3].log().last_index(), last);
+}
+
+#[test]
 fn responses_from_an_old_term_do_not_advance_commit() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);
@@ -472,7 +497,10 @@ impl Cluster {
         for id in ids {
             self.drain(id);
         }
+        let mut deliveries = 0;
         while let Some(message) = self.queue.pop_front() {
+            deliveries += 1;
+            assert!(deliveries < 100_000, "messages never stop flowing (a retry storm)");
             if self.down.contains(&message.to) || self.down.contains(&message.from) {
                 continue;
             }

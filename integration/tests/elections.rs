@@ -1,0 +1,64 @@
+//! Election safety across many elections, checked from every node's own traces.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use integration::{TestCluster, Timers};
+
+const ELECTIONS: usize = 8;
+
+#[tokio::test]
+async fn no_two_leaders_in_one_term_across_many_elections() {
+    let mut cluster = TestCluster::start("elections", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let client = cluster.client();
+    let mut observed = vec![cluster.wait_for_leader(bound).await];
+
+    for round in 0..ELECTIONS {
+        let (old, old_term) = *observed.last().unwrap();
+        // A write per term, so the logs (and the vote restriction) matter.
+        client
+            .put(&format!("round-{round}"), &format!("led by {old} in term {old_term}"))
+            .await
+            .expect("put");
+        cluster.kill(old);
+        observed.push(cluster.wait_for_new_leader(old, old_term, bound).await);
+        cluster.restart(old);
+        // The restarted node must be back in the cluster before the next kill
+        // (two nodes are needed to elect the next leader).
+        cluster.wait_caught_up(old, bound).await;
+    }
+
+    // Every node's own trace of becoming leader: (term, node).
+    let mut leaders_by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for id in cluster.ids() {
+        for fields in cluster.log_events(id, "role changed") {
+            if fields["role"] != "leader" {
+                continue;
+            }
+            let term = fields["term"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("node {id}: a `role changed` line without a numeric term: {fields}"));
+            leaders_by_term.entry(term).or_default().insert(id);
+        }
+    }
+    let doubles: Vec<_> = leaders_by_term.iter().filter(|(_, nodes)| nodes.len() > 1).collect();
+    assert!(doubles.is_empty(), "terms with two leaders: {doubles:?}");
+    assert!(
+        leaders_by_term.len() > ELECTIONS,
+        "only {} leader terms in the traces ({leaders_by_term:?}); the test proves little",
+        leaders_by_term.len()
+    );
+    // What the status polls saw agrees with the traces.
+    for (leader, term) in &observed {
+        assert_eq!(
+            leaders_by_term.get(term),
+            Some(&BTreeSet::from([*leader])),
+            "status showed node {leader} leading term {term}; traces: {leaders_by_term:?}"
+        );
+    }
+    // And every write survived the eight crashes.
+    for round in 0..ELECTIONS {
+        let value = client.get(&format!("round-{round}")).await.expect("get");
+        assert!(value.is_some_and(|v| v.starts_with("led by")), "round {round}");
+    }
+}

@@ -1,0 +1,226 @@
+//! Hostile and malformed input on the client and peer ports: the node answers
+//! with a clear refusal or closes the connection, never buffers what a header
+//! announces, and goes on serving.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use integration::client::Error;
+use integration::protocol::{
+    ClientError, ClientRequest, ClientResponse, HelloReply, Operation, Party, RejectReason, Reply,
+};
+use integration::raw::{Next, RawConn};
+use integration::{resident_kib, TestCluster, Timers};
+
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+const ONE_GIB: u32 = 1 << 30;
+
+/// Reads until the node closes; every frame it sent before must be a handshake refusal.
+async fn expect_refused_and_closed(conn: &mut RawConn, what: &str) -> Vec<(RejectReason, String)> {
+    let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+    assert!(frames.len() <= 1, "{what}: {} frames before the close", frames.len());
+    frames
+        .iter()
+        .map(|frame| match integration::protocol::decode::<HelloReply>(frame) {
+            Ok(HelloReply::Rejected { reason, message }) => (reason, message),
+            other => panic!("{what}: expected a refusal or a close, got {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hostile_input_on_client_and_peer_ports() {
+    let mut cluster = TestCluster::start("hostile", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, _) = cluster.wait_for_leader(bound).await;
+    let client = cluster.client();
+    assert_eq!(client.put("before", "hostility").await.expect("put"), None);
+
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let client_port = cluster.endpoint(target);
+    let peer_port = cluster.peer_endpoint(target);
+    let pid = cluster.pid(target).expect("target runs");
+    let rss_before = resident_kib(pid);
+
+    // (a) Garbage instead of a hello on the client port: unframed text (whose
+    // first four bytes announce ~1.2 GB), then a well-framed non-hello.
+    for (label, bytes) in [
+        ("http request", b"GET / HTTP/1.1\r\nHost: kvs\r\n\r\n".to_vec()),
+        ("framed garbage", {
+            let mut b = 16u32.to_be_bytes().to_vec();
+            b.extend((0..16u8).map(|i| i.wrapping_mul(37) ^ 0xC1));
+            b
+        }),
+    ] {
+        let mut conn = RawConn::connect(&client_port).await;
+        conn.send_bytes(&bytes).await.expect("send garbage");
+        let refusals = expect_refused_and_closed(&mut conn, label).await;
+        for (reason, message) in refusals {
+            assert_eq!(reason, RejectReason::Malformed, "{label}: {message}");
+        }
+    }
+
+    // (b) A header announcing 1 GiB, before the handshake, on both ports.
+    for (label, port) in [("client port", &client_port), ("peer port", &peer_port)] {
+        let mut conn = RawConn::connect(port).await;
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        conn.send_bytes(&[0u8; 64]).await.ok();
+        let refusals = expect_refused_and_closed(&mut conn, &format!("1 GiB header on the {label}")).await;
+        assert!(refusals.is_empty(), "{label}: {refusals:?}");
+    }
+    // ... and after a valid handshake on both ports.
+    {
+        let mut conn = RawConn::connect(&client_port).await;
+        let reply = conn.hello("", Party::Client).await;
+        assert!(
+            matches!(reply, HelloReply::Accepted { node_id, .. } if node_id == target),
+            "{reply:?}"
+        );
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+        for frame in frames {
+            let response: ClientResponse = integration::protocol::decode(&frame).expect("a client response");
+            assert_eq!(response.id, 0);
+            assert!(
+                matches!(response.result, Err(ClientError::Malformed { .. })),
+                "{response:?}"
+            );
+        }
+    }
+    {
+        let mut conn = RawConn::connect(&peer_port).await;
+        let other = cluster.ids().into_iter().find(|&id| id != target).unwrap();
+        let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: other }).await;
+        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        conn.send_bytes(&[7u8; 64]).await.ok();
+        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+        assert!(frames.is_empty(), "the peer port answered a 1 GiB header: {frames:?}");
+    }
+
+    // (c) The wrong cluster, on both ports, and each party on the other's port.
+    for (label, port, party) in [
+        ("client port", &client_port, Party::Client),
+        ("peer port", &peer_port, Party::Peer { node_id: leader }),
+    ] {
+        let mut conn = RawConn::connect(port).await;
+        let reply = conn.hello("some-other-cluster", party).await;
+        match reply {
+            HelloReply::Rejected { reason, message } => {
+                assert_eq!(reason, RejectReason::WrongCluster, "{label}: {message}");
+                assert!(message.contains(cluster.cluster_id()), "{label}: {message}");
+            }
+            other => panic!("{label}: a wrong cluster id was accepted: {other:?}"),
+        }
+        let after = expect_refused_and_closed(&mut conn, label).await;
+        assert!(after.is_empty(), "{label}: more after the refusal: {after:?}");
+    }
+    for (label, port, party) in [
+        (
+            "peer hello on the client port",
+            &client_port,
+            Party::Peer { node_id: leader },
+        ),
+        ("client hello on the peer port", &peer_port, Party::Client),
+    ] {
+        let mut conn = RawConn::connect(port).await;
+        match conn.hello(cluster.cluster_id(), party).await {
+            HelloReply::Rejected { reason, .. } => assert_eq!(reason, RejectReason::WrongPort, "{label}"),
+            other => panic!("{label}: accepted: {other:?}"),
+        }
+        expect_refused_and_closed(&mut conn, label).await;
+    }
+
+    // (d) After a valid handshake (an empty cluster id is fine for a client),
+    // a frame of garbage MessagePack gets a Malformed answer with id 0, and the
+    // connection goes on serving.
+    {
+        let mut conn = RawConn::connect(&cluster.endpoint(leader)).await;
+        let reply = conn.hello("", Party::Client).await;
+        assert!(
+            matches!(reply, HelloReply::Accepted { node_id, .. } if node_id == leader),
+            "{reply:?}"
+        );
+        for garbage in [
+            Bytes::from_static(&[0xc1, 0xff, 0x00, 0x13, 0x37]),
+            Bytes::from_static(b"\x82\xa2id\x05\xa2op\xa4Nope"),
+            Bytes::new(),
+        ] {
+            conn.send_frame(garbage.clone()).await.expect("send garbage frame");
+            let response: ClientResponse = conn.recv(CLOSE_LIMIT).await;
+            assert_eq!(response.id, 0, "answer to {garbage:?}");
+            assert!(
+                matches!(response.result, Err(ClientError::Malformed { .. })),
+                "answer to {garbage:?}: {response:?}"
+            );
+        }
+        let request = ClientRequest {
+            id: 7,
+            op: Operation::Get { key: "before".into() },
+        };
+        conn.send(&request).await.expect("send get");
+        let response: ClientResponse = conn.recv(CLOSE_LIMIT).await;
+        assert_eq!(
+            response,
+            ClientResponse {
+                id: 7,
+                result: Ok(Reply::Value(Some("hostility".into())))
+            }
+        );
+    }
+
+    // (e) Limits, through the client crate.
+    let long_key = "k".repeat(200);
+    let long_value = "v".repeat(3000);
+    match client.put(&long_key, "x").await {
+        Err(Error::Server(ClientError::KeyTooLarge { len: 200, max })) => assert_eq!(max, 128),
+        other => panic!("a 200-byte key: {other:?}"),
+    }
+    match client.put("fine", &long_value).await {
+        Err(Error::Server(ClientError::ValueTooLarge { len: 3000, max })) => assert_eq!(max, 2048),
+        other => panic!("a 3000-byte value: {other:?}"),
+    }
+    assert!(
+        matches!(
+            client.get(&long_key).await,
+            Err(Error::Server(ClientError::KeyTooLarge { .. }))
+        ),
+        "a get of a 200-byte key was not refused"
+    );
+    assert_eq!(client.get("fine").await.expect("get"), None, "a refused put was stored");
+
+    // Nothing of it hurt: every node runs, none grew by the announced sizes, the cluster serves.
+    let leader_now = cluster.wait_for_leader(bound).await.0;
+    assert_eq!(client.put("after", "still serving").await.expect("put"), None);
+    assert_eq!(client.get("before").await.expect("get").as_deref(), Some("hostility"));
+    assert_eq!(
+        client.get("after").await.expect("get").as_deref(),
+        Some("still serving")
+    );
+    for id in cluster.ids() {
+        assert!(cluster.is_running(id), "node {id} died: {:?}", cluster.last_exit(id));
+    }
+    if let (Some(before), Some(after)) = (rss_before, resident_kib(pid)) {
+        assert!(
+            after < before + 64 * 1024,
+            "node {target} grew from {before} KiB to {after} KiB resident"
+        );
+    }
+    // A connection left open after a valid hello is still a working one.
+    let mut conn = RawConn::connect(&cluster.endpoint(leader_now)).await;
+    conn.hello(cluster.cluster_id(), Party::Client).await;
+    conn.send(&ClientRequest {
+        id: 99,
+        op: Operation::Status,
+    })
+    .await
+    .expect("send status");
+    match conn.next_frame(CLOSE_LIMIT).await {
+        Next::Frame(frame) => {
+            let response: ClientResponse = integration::protocol::decode(&frame).expect("decodes");
+            assert_eq!(response.id, 99);
+            assert!(matches!(response.result, Ok(Reply::Status(_))), "{response:?}");
+        }
+        other => panic!("no status answer: {other:?}"),
+    }
+}

@@ -1,0 +1,179 @@
+//! A follower whose write-ahead log tail was torn or corrupted truncates it,
+//! starts, and catches up; no acknowledged write is lost.
+//!
+//! The WAL is a sequence of `[u32 LE length][u32 LE CRC-32][payload]` records.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use integration::{assert_all_readable, open_rw, pairs, put_all, TestCluster, Timers};
+
+const TRUNCATED: &str = "torn or corrupt write-ahead log tail truncated";
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// The last 7 bytes are cut off.
+    CutTail,
+    /// 100 bytes of garbage follow the last record.
+    GarbageAppended,
+    /// One byte of the last 20 is flipped.
+    ByteFlipped,
+}
+
+/// The byte range of every whole record of a WAL file.
+fn records(bytes: &[u8]) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let end = pos + 8 + len;
+        if end > bytes.len() {
+            break;
+        }
+        found.push(pos..end);
+        pos = end;
+    }
+    found
+}
+
+fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+    let mut file = open_rw(path);
+    file.seek(SeekFrom::Start(at)).expect("seek");
+    file.write_all(bytes).expect("write");
+    file.sync_all().expect("sync");
+}
+
+/// Damages the WAL the way a crash in the middle of writing one more record
+/// would: the record being written was never synced, so never acknowledged.
+/// The record is a copy of the last one (a plausible size and shape); then the
+/// file's last 7 bytes are cut, garbage is appended, or a byte of the last 20
+/// flipped.
+fn damage_unacknowledged_tail(path: &Path, how: Damage) {
+    let mut bytes = std::fs::read(path).expect("read wal");
+    let all = records(&bytes);
+    assert_eq!(
+        all.last().map(|r| r.end),
+        Some(bytes.len()),
+        "{} does not end with a whole record",
+        path.display()
+    );
+    let last = bytes[all.last().unwrap().clone()].to_vec();
+    assert!(last.len() > 20, "the last record is only {} bytes", last.len());
+    let original = bytes.len();
+    match how {
+        Damage::CutTail => {
+            bytes.extend_from_slice(&last);
+            bytes.truncate(bytes.len() - 7);
+        }
+        Damage::GarbageAppended => {
+            bytes.extend((0..100u32).map(|i| (i.wrapping_mul(151) ^ 0xA5) as u8));
+        }
+        Damage::ByteFlipped => {
+            bytes.extend_from_slice(&last);
+            let at = bytes.len() - 13;
+            bytes[at] ^= 0x5A;
+        }
+    }
+    write_at(path, original as u64, &bytes[original..]);
+}
+
+/// Damages the last, acknowledged record itself (the disk lost or corrupted
+/// data it had reported synced).
+fn damage_acknowledged_tail(path: &Path, how: Damage) {
+    let file = open_rw(path);
+    let len = file.metadata().expect("wal metadata").len();
+    assert!(len > 100, "{} is only {len} bytes", path.display());
+    match how {
+        Damage::CutTail => file.set_len(len - 7).expect("truncate"),
+        Damage::GarbageAppended => unreachable!("appending garbage keeps every record"),
+        Damage::ByteFlipped => {
+            let mut byte = std::fs::read(path).expect("read wal")[len as usize - 13];
+            byte ^= 0x5A;
+            write_at(path, len - 13, &[byte]);
+        }
+    }
+    file.sync_all().expect("sync");
+}
+
+/// For each damage in turn, on alternating followers: write, kill the
+/// follower, damage its WAL, restart it; it must start, report the
+/// truncation, and catch up, and the cluster must serve every acknowledged key.
+async fn crash_damage_restart(name: &str, damages: &[Damage], damage: fn(&Path, Damage)) {
+    let mut cluster = TestCluster::start(name, 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, _) = cluster.wait_for_leader(bound).await;
+    let client = cluster.client();
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    let mut written = BTreeMap::new();
+
+    for (round, &how) in damages.iter().enumerate() {
+        let victim = followers[round % 2];
+        written.extend(put_all(&client, pairs(&format!("round{round}"), 0..30)).await);
+        // Every write is on the victim's disk before it dies.
+        cluster.wait_caught_up(victim, bound).await;
+        let truncations_before = cluster.log_events(victim, TRUNCATED).len();
+        cluster.kill(victim);
+        let wal = cluster.wal_path(victim);
+        let size_before = std::fs::metadata(&wal).expect("wal").len();
+        damage(&wal, how);
+
+        cluster.restart(victim);
+        let what = format!("node {victim} to answer status after {how:?}");
+        let started = cluster
+            .wait_until(bound, &what, |view| view.status(victim).cloned())
+            .await;
+        assert_eq!(started.node_id, victim);
+        let events = cluster.log_events(victim, TRUNCATED);
+        assert_eq!(
+            events.len(),
+            truncations_before + 1,
+            "{how:?}: node {victim} did not report a truncated tail; its trace:\n{}",
+            cluster.log_tail(victim, 20)
+        );
+        let cut = events.last().and_then(|f| f["bytes"].as_u64()).unwrap_or(0);
+        assert!(cut > 0, "{how:?}: truncated {cut} bytes: {events:?}");
+        let size_after = std::fs::metadata(&wal).expect("wal").len();
+        assert!(
+            size_after <= size_before,
+            "{how:?}: the WAL is {size_after} bytes after recovery, {size_before} before the damage"
+        );
+
+        assert_all_readable(&client, &written).await;
+        // More writes while the victim catches up; then it must have everything.
+        written.extend(put_all(&client, pairs(&format!("after{round}"), 0..10)).await);
+        cluster.wait_caught_up(victim, Duration::from_secs(20)).await;
+        assert!(cluster.is_running(victim), "node {victim} exited after {how:?}");
+    }
+
+    // The damaged followers now hold everything: with the leader down they
+    // alone form the majority and must still serve every key.
+    cluster.kill(leader);
+    cluster.wait_for_leader(bound).await;
+    assert_all_readable(&client, &written).await;
+    for id in followers {
+        assert!(cluster.is_running(id), "node {id} exited");
+    }
+}
+
+#[tokio::test]
+async fn torn_wal_tail_is_truncated_and_no_acknowledged_write_is_lost() {
+    crash_damage_restart(
+        "torn-wal",
+        &[Damage::CutTail, Damage::GarbageAppended, Damage::ByteFlipped],
+        damage_unacknowledged_tail,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn corrupt_acknowledged_wal_tail_entry_is_refetched_from_the_leader() {
+    crash_damage_restart(
+        "corrupt-acked-wal",
+        &[Damage::CutTail, Damage::ByteFlipped],
+        damage_acknowledged_tail,
+    )
+    .await;
+}
