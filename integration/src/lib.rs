@@ -33,6 +33,7 @@ use protocol::{NodeStatus, Role};
 use rand::Rng;
 use tempfile::TempDir;
 
+pub mod linearizability;
 pub mod raw;
 
 pub use client;
