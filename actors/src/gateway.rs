@@ -132,6 +132,26 @@ fn answer(reply: mpsc::Sender<ClientResponse>, id: u64, result: Result<Reply, Cl
     let _ = reply.try_send(ClientResponse { id, result });
 }
 
+/// Answers once the actors have, or with `lost` if they have not within `timeout`
+/// (or dropped the request: shutting down, leadership lost before it was settled).
+fn answer_when_done(
+    reply: mpsc::Sender<ClientResponse>,
+    id: u64,
+    request_id: u64,
+    answered: oneshot::Receiver<Result<Reply, ClientError>>,
+    timeout: std::time::Duration,
+    lost: ClientError,
+) {
+    actix::spawn(async move {
+        let result = match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(lost),
+        };
+        debug!(request_id, ok = result.is_ok(), "request answered");
+        answer(reply, id, result);
+    });
+}
+
 impl Handler<ClientCall> for ClientGateway {
     type Result = ();
 
@@ -177,18 +197,10 @@ impl Handler<ClientCall> for ClientGateway {
                     request_id,
                     responder,
                 });
-                actix::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, answered).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err(ClientError::Unavailable {
-                            message: "read abandoned".into(),
-                        }),
-                        Err(_) => Err(ClientError::Unavailable {
-                            message: "read not confirmed by a majority in time".into(),
-                        }),
-                    };
-                    answer(reply, id, result);
-                });
+                let lost = ClientError::Unavailable {
+                    message: "read not confirmed by a majority in time".into(),
+                };
+                answer_when_done(reply, id, request_id, answered, timeout, lost);
             }
             op => {
                 let command = match self.command_for(op) {
@@ -205,14 +217,7 @@ impl Handler<ClientCall> for ClientGateway {
                     request_id,
                     responder,
                 });
-                actix::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, answered).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) | Err(_) => Err(ClientError::OutcomeUnknown),
-                    };
-                    debug!(request_id, ok = result.is_ok(), "write answered");
-                    answer(reply, id, result);
-                });
+                answer_when_done(reply, id, request_id, answered, timeout, ClientError::OutcomeUnknown);
             }
         }
     }
