@@ -34,6 +34,7 @@ use rand::Rng;
 use tempfile::TempDir;
 
 pub mod linearizability;
+pub mod proxy;
 pub mod raw;
 
 pub use client;
