@@ -8,13 +8,16 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use protocol::codec::MAX_CLIENT_FRAME;
 use protocol::{ClientResponse, Hello, HelloReply, NodeId, Party};
+use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +51,33 @@ impl Shared {
         };
         drop(waiters);
     }
+}
+
+/// The socket's write half, written with plain writes only.
+///
+/// A socket write to a peer that has gone raises SIGPIPE, which kills a
+/// process that has not chosen to ignore it: Rust programs ignore it, but the
+/// C programs that load this crate as libkv.so usually do not. The standard
+/// library's single-buffer write passes `MSG_NOSIGNAL` (the error comes back
+/// as `EPIPE` instead); its vectored write (`writev`) cannot. This wrapper
+/// reports itself as not vectored, so the framed writer uses plain writes.
+pub(crate) struct NoSigpipe(OwnedWriteHalf);
+
+impl AsyncWrite for NoSigpipe {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    // `poll_write_vectored` keeps its default (the first buffer, through
+    // `poll_write`), and `is_write_vectored` its default, false.
 }
 
 /// An established connection; shared through `Arc` by every request using it.
@@ -87,7 +117,7 @@ impl Connection {
             source,
         })?;
         let (read_half, write_half) = stream.into_split();
-        let mut sink = FramedWrite::new(write_half, protocol::frame_codec(MAX_CLIENT_FRAME));
+        let mut sink = FramedWrite::new(NoSigpipe(write_half), protocol::frame_codec(MAX_CLIENT_FRAME));
         let mut stream = FramedRead::new(read_half, protocol::frame_codec(MAX_CLIENT_FRAME));
 
         let hello = protocol::encode(&Hello::new(cluster_id, Party::Client))?;
@@ -191,7 +221,7 @@ impl Drop for SlotGuard<'_> {
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    mut sink: FramedWrite<NoSigpipe, LengthDelimitedCodec>,
     mut queue: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     endpoint: String,
@@ -246,4 +276,25 @@ async fn read_loop(mut stream: FramedRead<OwnedReadHalf, LengthDelimitedCodec>, 
         }
     }
     shared.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_are_never_vectored() {
+        // A vectored write is `writev`, which cannot suppress SIGPIPE; the
+        // framed writer must see a writer that is not vectored.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_read, write) = stream.expect("connect").into_split();
+        let _peer = accepted.expect("accept");
+        assert!(
+            write.is_write_vectored(),
+            "tokio's half is vectored: the wrapper matters"
+        );
+        assert!(!NoSigpipe(write).is_write_vectored());
+    }
 }

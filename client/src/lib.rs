@@ -8,16 +8,22 @@
 //! exactly-once session (`client_id`, `seq`, `acked_below`); a retried write
 //! re-sends the same `(client_id, seq)`, so it is applied at most once.
 //!
+//! The package is `client`; its library is named `kv` because it is also the
+//! C library `libkv.so` (the original system's C API, in [`ffi`]). The other
+//! crates of the workspace depend on it under the name `client`.
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), client::Error> {
-//! let client = client::Client::connect(client::ClientConfig::new(vec!["127.0.0.1:5000".into()])).await?;
+//! # async fn demo() -> Result<(), kv::Error> {
+//! let client = kv::Client::connect(kv::ClientConfig::new(vec!["127.0.0.1:5000".into()])).await?;
 //! let old = client.put("greeting", "hello").await?;
 //! assert_eq!(client.get("greeting").await?.as_deref(), Some("hello"));
 //! # let _ = old; Ok(()) }
 //! ```
 
 mod connection;
+pub mod ffi;
 mod session;
+pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -228,6 +234,27 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Creates a client and makes one pass over the endpoints, in order,
+    /// giving each `connect_timeout` to accept the connection and the
+    /// handshake; the first that does becomes the shared connection (see
+    /// [`Client::connected_endpoint`]). No endpoint is tried twice: if none
+    /// answers, the pass's error is returned (a handshake rejection if there
+    /// was one, else the last connection error).
+    pub async fn connect_once(config: ClientConfig) -> Result<Client, Error> {
+        let client = Client::new(config)?;
+        let config = &client.inner.config;
+        let tries = u32::try_from(config.endpoints.len()).unwrap_or(u32::MAX);
+        // Room for every endpoint's full connect timeout, so only the
+        // endpoints themselves end the pass.
+        let pass = config
+            .connect_timeout
+            .saturating_mul(tries)
+            .saturating_add(Duration::from_secs(1))
+            .min(Duration::from_secs(86_400));
+        client.inner.current_connection(Instant::now() + pass).await?;
+        Ok(client)
     }
 
     /// Stores `value` under `key`; returns the value it replaced.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use client::{Client, ClientConfig, Error};
 use futures::{SinkExt, StreamExt};
+use kv::{Client, ClientConfig, Error};
 use protocol::codec::MAX_CLIENT_FRAME;
 use protocol::{
     ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeStatus, Operation, Party, RejectReason, Reply,
@@ -375,6 +375,8 @@ async fn status_asks_each_endpoint_directly() {
         flushed_index: 12,
         log_first_index: 1,
         log_last_index: 12,
+        unflushed_entries: 0,
+        store_flush_failures: 0,
     };
     let answer = status.clone();
     tokio::spawn(async move {
@@ -471,6 +473,45 @@ async fn kvctl_output_and_exit_codes() {
         let (code, stdout, stderr) = kvctl(&addr, &["get", "bad"]).await;
         assert_eq!((code, stdout.as_str()), (2, ""));
         assert!(stderr.contains("key must not be empty"), "{stderr}");
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn connect_once_takes_the_first_endpoint_that_answers_in_one_pass() {
+    let dead = {
+        let (listener, addr) = bind().await;
+        drop(listener);
+        addr
+    };
+    let (first, first_addr) = bind().await;
+    let (second, second_addr) = bind().await;
+    spawn_follower(first, 1, None, None);
+    spawn_follower(second, 2, None, None);
+
+    timeout(TEST_LIMIT, async {
+        // Dead endpoints before a live one are skipped; the first live one wins.
+        let client = Client::connect_once(config(&[&dead, &first_addr, &second_addr]))
+            .await
+            .expect("a live endpoint");
+        assert_eq!(client.connected_endpoint().as_deref(), Some(first_addr.as_str()));
+        let client = Client::connect_once(config(&[&second_addr, &first_addr]))
+            .await
+            .expect("a live endpoint");
+        assert_eq!(client.connected_endpoint().as_deref(), Some(second_addr.as_str()));
+
+        // Nobody answers: one pass, then the connection error, without the
+        // retries `connect` makes until its request timeout.
+        let mut only_dead = config(&[&dead, &dead]);
+        only_dead.request_timeout = Duration::from_secs(60);
+        let started = tokio::time::Instant::now();
+        let error = Client::connect_once(only_dead).await.expect_err("nothing listens");
+        assert!(
+            matches!(&error, Error::Connect { endpoint, .. } if *endpoint == dead),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     })
     .await
     .expect("test finished in time");

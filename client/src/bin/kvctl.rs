@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use client::{Client, ClientConfig};
+use kv::{Client, ClientConfig};
 use serde_json::json;
 
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002";
@@ -112,7 +112,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// One status line, aligned for reading in a terminal.
-fn status_line(endpoint: &str, status: &Result<protocol::NodeStatus, client::Error>) -> String {
+fn status_line(endpoint: &str, status: &Result<protocol::NodeStatus, kv::Error>) -> String {
     match status {
         Ok(status) => format!(
             "{endpoint}  node={} role={} term={} leader={} commit={} applied={}",
@@ -129,10 +129,7 @@ fn status_line(endpoint: &str, status: &Result<protocol::NodeStatus, client::Err
     }
 }
 
-fn status_json(
-    endpoint: &str,
-    status: &Result<protocol::NodeStatus, client::Error>,
-) -> anyhow::Result<serde_json::Value> {
+fn status_json(endpoint: &str, status: &Result<protocol::NodeStatus, kv::Error>) -> anyhow::Result<serde_json::Value> {
     Ok(match status {
         Ok(status) => {
             let mut value = serde_json::to_value(status).context("encoding a node status")?;
@@ -290,12 +287,14 @@ mod tests {
             flushed_index: 40,
             log_first_index: 1,
             log_last_index: 40,
+            unflushed_entries: 0,
+            store_flush_failures: 0,
         };
         assert_eq!(
             status_line("b:2", &Ok(status.clone())),
             "b:2  node=2 role=leader term=7 leader=2 commit=40 applied=39"
         );
-        let refused = Err(client::Error::Connect {
+        let refused = Err(kv::Error::Connect {
             endpoint: "d:4".into(),
             source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
         });
@@ -303,7 +302,7 @@ mod tests {
             status_line("d:4", &refused),
             "d:4  error: cannot connect to d:4: refused"
         );
-        let down = Err(client::Error::Timeout);
+        let down = Err(kv::Error::Timeout);
         assert!(status_line("c:3", &down).starts_with("c:3  error: "));
         let value = status_json("b:2", &Ok(status)).expect("serializable");
         assert_eq!(value["endpoint"], "b:2");
