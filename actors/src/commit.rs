@@ -5,11 +5,14 @@
 //! read index is applied, and every `commit_interval` flushes what changed to
 //! the store on a store thread (so a slow flush never stalls applying). What
 //! is not flushed yet is still in the write-ahead log, which recovery replays.
+//! A failed flush (a store that is down: MongoDB unreachable) is retried with
+//! the newer changes merged in, after a backoff that doubles up to
+//! [`MAX_RETRY_BACKOFF`]; meanwhile the node serves from memory and its log.
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use protocol::{ClientError, LogIndex, Reply, Term};
@@ -36,6 +39,11 @@ struct FlushDone(Result<LogIndex, (String, FlushBatch)>);
 #[rtype(result = "()")]
 struct FlushTick;
 
+/// Longest wait between two attempts of a failed flush (unless `commit_interval` is longer).
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a snapshot install keeps retrying a failing store before the node gives up.
+const REPLACE_DEADLINE: Duration = Duration::from_secs(60);
+
 pub struct CommitActor {
     settings: Arc<Settings>,
     view: SharedView,
@@ -53,6 +61,9 @@ pub struct CommitActor {
     flush_in_flight: bool,
     /// A batch the store failed to write: it goes out again with the next one.
     failed_batch: Option<FlushBatch>,
+    /// Flushes failed in a row, and when the next attempt may start.
+    flush_failures: u32,
+    retry_at: Option<Instant>,
 }
 
 impl CommitActor {
@@ -79,7 +90,7 @@ impl CommitActor {
                             me.do_send(FlushDone(result));
                         }
                         StoreJob::Replace(state, done) => {
-                            let _ = done.send(store.replace(&state));
+                            let _ = done.send(replace_with_retries(store.as_mut(), &state));
                         }
                     }
                 }
@@ -98,6 +109,8 @@ impl CommitActor {
             flush_requested: flushed,
             flush_in_flight: false,
             failed_batch: None,
+            flush_failures: 0,
+            retry_at: None,
         })
     }
 
@@ -138,6 +151,11 @@ impl CommitActor {
             "flushing state store"
         );
         self.send_store_job(StoreJob::Flush(batch));
+    }
+
+    /// Applied entries not in the store yet (they are in the log).
+    fn unflushed(&self) -> u64 {
+        self.state.applied_index().saturating_sub(self.flushed)
     }
 
     fn send_store_job(&mut self, job: StoreJob) {
@@ -240,6 +258,9 @@ impl Handler<FlushTick> for CommitActor {
 
     fn handle(&mut self, _: FlushTick, _ctx: &mut Context<Self>) {
         let _span = self.span().entered();
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         self.start_flush();
     }
 }
@@ -254,6 +275,16 @@ impl Handler<FlushDone> for CommitActor {
             Ok(index) => {
                 self.flushed = self.flushed.max(index);
                 debug!(flushed = self.flushed, "state store flushed");
+                if self.flush_failures > 0 {
+                    info!(
+                        flushed = self.flushed,
+                        failures = self.flush_failures,
+                        unflushed = self.unflushed(),
+                        "state store flushed again after failures"
+                    );
+                }
+                self.flush_failures = 0;
+                self.retry_at = None;
                 self.election.do_send(Flushed(self.flushed));
             }
             Err((_, batch)) if batch.applied_index <= self.flushed => {
@@ -261,10 +292,18 @@ impl Handler<FlushDone> for CommitActor {
             }
             Err((e, batch)) => {
                 // The log still holds everything (it is trimmed only up to `flushed`):
-                // keep serving and write the same changes again at the next tick.
+                // keep serving and write the same changes again after a backoff.
+                self.flush_failures = self.flush_failures.saturating_add(1);
+                let backoff = retry_backoff(self.settings.commit_interval, self.flush_failures);
+                self.retry_at = Some(Instant::now() + backoff);
                 warn!(
                     applied = batch.applied_index,
-                    "state store flush failed, will retry: {e}"
+                    flushed = self.flushed,
+                    unflushed = self.unflushed(),
+                    failures = self.flush_failures,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    error = %e,
+                    "state store flush failed, will retry"
                 );
                 self.failed_batch = Some(match self.failed_batch.take() {
                     Some(newer) => batch.then(newer),
@@ -323,6 +362,8 @@ impl Handler<InstallSnapshot> for CommitActor {
         );
         self.state = state;
         self.failed_batch = None;
+        self.flush_failures = 0;
+        self.retry_at = None;
         // Writes waiting at or below the snapshot were settled elsewhere; we cannot tell their answer.
         let later = self.waiting.split_off(&(snapshot.index + 1));
         for (_, (_, _, responder)) in std::mem::replace(&mut self.waiting, later) {
@@ -352,6 +393,59 @@ impl Handler<GetApplyStatus> for CommitActor {
     type Result = MessageResult<GetApplyStatus>;
 
     fn handle(&mut self, _: GetApplyStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.state.applied_index(), self.flushed))
+        MessageResult(ApplyStatus {
+            applied_index: self.state.applied_index(),
+            flushed_index: self.flushed,
+            flush_failures: u64::from(self.flush_failures),
+        })
+    }
+}
+
+/// The wait before the next attempt after `failures` failed flushes in a row:
+/// the commit interval, doubled per failure, at most [`MAX_RETRY_BACKOFF`].
+fn retry_backoff(commit_interval: Duration, failures: u32) -> Duration {
+    let cap = MAX_RETRY_BACKOFF.max(commit_interval);
+    let doublings = failures.saturating_sub(1).min(16);
+    commit_interval.saturating_mul(1 << doublings).min(cap)
+}
+
+/// Installs a snapshot in the store, retrying a failing store (MongoDB down)
+/// for up to [`REPLACE_DEADLINE`]: the log may move on only once the store
+/// holds the snapshot, so the node waits rather than fails at once.
+fn replace_with_retries(store: &mut dyn Store, state: &StoredState) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.replace(state) {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() + backoff < REPLACE_DEADLINE => {
+                warn!(
+                    index = state.applied_index,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    error = %e,
+                    "snapshot install in the state store failed, will retry"
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_doubles_up_to_the_cap() {
+        let tick = Duration::from_millis(200);
+        let waits: Vec<u64> = (1..=7).map(|n| retry_backoff(tick, n).as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(retry_backoff(tick, u32::MAX), MAX_RETRY_BACKOFF);
+        // A commit interval above the cap is never shortened.
+        let slow = Duration::from_secs(8);
+        assert_eq!(retry_backoff(slow, 1), slow);
+        assert_eq!(retry_backoff(slow, 5), slow);
     }
 }

@@ -416,6 +416,8 @@ impl Handler<GetConsensusStatus> for ElectionActor {
             commit_index: self.core.commit_index(),
             applied_index: 0,
             flushed_index: 0,
+            unflushed_entries: 0,
+            store_flush_failures: 0,
             log_first_index: log.first_index(),
             log_last_index: log.last_index(),
         })

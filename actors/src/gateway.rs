@@ -171,9 +171,11 @@ impl Handler<ClientCall> for ClientGateway {
                 let applied = self.commit.send(GetApplyStatus);
                 actix::spawn(async move {
                     let result = match (consensus.await, applied.await) {
-                        (Ok(status), Ok((applied_index, flushed_index))) => Ok(Reply::Status(NodeStatus {
-                            applied_index,
-                            flushed_index,
+                        (Ok(status), Ok(applied)) => Ok(Reply::Status(NodeStatus {
+                            applied_index: applied.applied_index,
+                            flushed_index: applied.flushed_index,
+                            unflushed_entries: applied.applied_index.saturating_sub(applied.flushed_index),
+                            store_flush_failures: applied.flush_failures,
                             ..status
                         })),
                         _ => Err(ClientError::Unavailable {

@@ -255,10 +255,18 @@ pub struct InstallSnapshot {
     pub data: Vec<u8>,
 }
 
-/// Applied and flushed indexes, for `status`.
+/// The CommitActor's part of `status`.
 #[derive(Message)]
-#[rtype(result = "(LogIndex, LogIndex)")]
+#[rtype(result = "ApplyStatus")]
 pub struct GetApplyStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStatus {
+    pub applied_index: LogIndex,
+    pub flushed_index: LogIndex,
+    /// State-store flushes failed in a row (0: the store is healthy).
+    pub flush_failures: u64,
+}
 
 // ----- to the ClientGateway -----
 

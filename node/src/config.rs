@@ -1,13 +1,15 @@
 //! `cluster.toml`: the cluster's members, timers and limits.
 //!
 //! Loaded with the `config` crate; environment variables `KVS_<SECTION>__<KEY>`
-//! override the file (for example `KVS_CLUSTER__ELECTION_TIMEOUT_MS=500`).
+//! override the file (for example `KVS_CLUSTER__ELECTION_TIMEOUT_MS=500`), and
+//! `KVS_MONGODB_URI` overrides `storage.uri` (so credentials need not be in the file).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actors::messages::Settings;
+use actors::storage::MongoConfig;
 use protocol::NodeId;
 use serde::Deserialize;
 
@@ -66,17 +68,35 @@ pub struct ClusterSection {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSection {
+    /// `embedded` (redb, in the data folder) or `mongodb`.
     #[serde(default = "defaults::engine")]
     pub engine: String,
+    /// MongoDB connection string (engine `mongodb`). May hold credentials: it is never logged as is.
+    #[serde(default = "defaults::mongodb_uri")]
+    pub uri: String,
+    /// Node N uses the database `<database_prefix>_<cluster id>_<N>`.
+    #[serde(default = "defaults::database_prefix")]
+    pub database_prefix: String,
+    /// How long one MongoDB operation waits for an unreachable server (and the start-up check).
+    #[serde(default = "defaults::mongodb_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             engine: defaults::engine(),
+            uri: defaults::mongodb_uri(),
+            database_prefix: defaults::database_prefix(),
+            timeout_ms: defaults::mongodb_timeout_ms(),
         }
     }
 }
+
+/// Environment variable that replaces `storage.uri`.
+pub const MONGODB_URI_ENV: &str = "KVS_MONGODB_URI";
+/// Longest database name MongoDB accepts, in bytes.
+const MAX_DATABASE_NAME: usize = 63;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct NodeEntry {
@@ -120,6 +140,15 @@ mod defaults {
     pub fn engine() -> String {
         "embedded".into()
     }
+    pub fn mongodb_uri() -> String {
+        "mongodb://127.0.0.1:27017".into()
+    }
+    pub fn database_prefix() -> String {
+        "kvs".into()
+    }
+    pub fn mongodb_timeout_ms() -> u64 {
+        5000
+    }
 }
 
 impl ClusterFile {
@@ -140,6 +169,11 @@ impl ClusterFile {
             .and_then(|c| c.try_deserialize())
             .map_err(load_error)?;
         file.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if let Some(uri) = std::env::var_os(MONGODB_URI_ENV) {
+            file.storage.uri = uri
+                .into_string()
+                .map_err(|_| ConfigError::Invalid(format!("{MONGODB_URI_ENV} is not UTF-8")))?;
+        }
         file.validate()?;
         Ok(file)
     }
@@ -177,13 +211,65 @@ impl ClusterFile {
         if c.max_batch_entries == 0 || c.max_inflight_entries == 0 {
             return invalid("max_batch_entries and max_inflight_entries must not be 0".into());
         }
-        if self.storage.engine != "embedded" {
-            return invalid(format!(
-                "storage engine {:?} is not available; this build has \"embedded\"",
-                self.storage.engine
-            ));
+        match self.storage.engine.as_str() {
+            "embedded" => {}
+            "mongodb" => self.validate_mongodb()?,
+            other => {
+                return invalid(format!(
+                    "storage engine {other:?} is not available; choose \"embedded\" or \"mongodb\""
+                ))
+            }
         }
         Ok(())
+    }
+
+    fn validate_mongodb(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if !s.uri.starts_with("mongodb://") && !s.uri.starts_with("mongodb+srv://") {
+            return Err(ConfigError::Invalid(format!(
+                "storage.uri {} is not a mongodb:// connection string",
+                actors::storage::mongo_store::redact_uri(&s.uri)
+            )));
+        }
+        if s.timeout_ms == 0 {
+            return Err(ConfigError::Invalid("storage.timeout_ms must not be 0".into()));
+        }
+        if s.database_prefix.is_empty() {
+            return Err(ConfigError::Invalid("storage.database_prefix must not be empty".into()));
+        }
+        // The longest name is that of the highest node id.
+        let longest = self.nodes.iter().map(|n| n.id).max().unwrap_or(1);
+        let name = self.mongodb_database(longest);
+        if let Some(bad) = name.chars().find(|c| "/\\. \"$*<>:|?\0".contains(*c)) {
+            return Err(ConfigError::Invalid(format!(
+                "MongoDB database name {name:?} (storage.database_prefix, cluster.id, node id) contains {bad:?}, \
+                 which MongoDB does not allow in database names"
+            )));
+        }
+        if name.len() > MAX_DATABASE_NAME {
+            return Err(ConfigError::Invalid(format!(
+                "MongoDB database name {name:?} is longer than {MAX_DATABASE_NAME} bytes: \
+                 shorten storage.database_prefix or cluster.id"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The MongoDB database of node `id`: `<database_prefix>_<cluster id>_<id>`.
+    pub fn mongodb_database(&self, id: NodeId) -> String {
+        format!("{}_{}_{id}", self.storage.database_prefix, self.cluster.id)
+    }
+
+    /// Where node `id` keeps its state with the `mongodb` engine.
+    pub fn mongodb_config(&self, id: NodeId) -> Result<MongoConfig, ConfigError> {
+        self.node(id)?;
+        Ok(MongoConfig {
+            uri: self.storage.uri.clone(),
+            database: self.mongodb_database(id),
+            cluster_id: self.cluster.id.clone(),
+            node_id: id,
+            timeout: Duration::from_millis(self.storage.timeout_ms),
+        })
     }
 
     pub fn node(&self, id: NodeId) -> Result<&NodeEntry, ConfigError> {
@@ -274,6 +360,39 @@ peer_addr = "127.0.0.1:6000"
         ));
         let file = ClusterFile::load(&write(dir.path(), MINIMAL)).unwrap();
         assert!(file.settings_for(7).is_err());
+    }
+
+    #[test]
+    fn mongodb_engine_names_one_database_per_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[storage]\nengine = \"mongodb\"\nuri = \"mongodb://u:pw@db:27017\"\ndatabase_prefix = \"p\"\n"
+        );
+        let file = ClusterFile::load(&write(dir.path(), &text)).unwrap();
+        let config = file.mongodb_config(1).unwrap();
+        assert_eq!(config.database, "p_t_1");
+        assert_eq!(config.uri, "mongodb://u:pw@db:27017");
+        assert_eq!(config.timeout, Duration::from_secs(5));
+
+        // Names MongoDB refuses are caught when the file is loaded, not at the first write.
+        let dotted = text.replace("id = \"t\"", "id = \"a.b\"");
+        assert!(matches!(
+            ClusterFile::load(&write(dir.path(), &dotted)),
+            Err(ConfigError::Invalid(_))
+        ));
+        let long = text.replace("id = \"t\"", &format!("id = \"{}\"", "x".repeat(60)));
+        assert!(matches!(
+            ClusterFile::load(&write(dir.path(), &long)),
+            Err(ConfigError::Invalid(_))
+        ));
+        let http = text.replace("mongodb://u:pw@db:27017", "http://db");
+        let error = ClusterFile::load(&write(dir.path(), &http)).unwrap_err().to_string();
+        assert!(error.contains("http://db"), "{error}");
+        let unknown = text.replace("engine = \"mongodb\"", "engine = \"rocks\"");
+        assert!(matches!(
+            ClusterFile::load(&write(dir.path(), &unknown)),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 
 use ::actors::messages::{NodeView, Settings};
-use ::actors::recovery::recover;
-use ::actors::storage::RedbStore;
+use ::actors::recovery::{recover, Recovered};
+use ::actors::storage::mongo_store::redact_uri;
+use ::actors::storage::{MongoStore, RedbStore, Store};
 use ::actors::{ClientGateway, CommitActor, ElectionActor, ElectionLinks, HeartbeatActor, LogActor};
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -36,8 +37,13 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
 
-    let store = RedbStore::open(&settings.data_dir).context("cannot open the state store")?;
-    let recovered = recover(&settings, Box::new(store)).context("recovery from disk failed")?;
+    // On a thread of its own: the MongoDB driver's blocking calls may not run inside this async runtime.
+    let recovered = std::thread::scope(|scope| {
+        scope
+            .spawn(|| open_and_recover(file, id, &settings))
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the recovery thread panicked")))
+    })?;
 
     let peers: Vec<(protocol::NodeId, String)> = file
         .nodes
@@ -119,7 +125,21 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
         client_addr = %me.client_addr,
         peer_addr = %me.peer_addr,
         data_dir = %settings.data_dir.display(),
+        storage = %file.storage.engine,
         "node serving"
     );
     Ok(())
+}
+
+/// Opens the configured state store and rebuilds the node from it and the log.
+fn open_and_recover(file: &ClusterFile, id: protocol::NodeId, settings: &Settings) -> anyhow::Result<Recovered> {
+    let store: Box<dyn Store> = match file.storage.engine.as_str() {
+        "mongodb" => {
+            let config = file.mongodb_config(id)?;
+            info!(uri = %redact_uri(&config.uri), database = %config.database, "connecting to MongoDB");
+            Box::new(MongoStore::connect(&config)?)
+        }
+        _ => Box::new(RedbStore::open(&settings.data_dir).context("cannot open the state store")?),
+    };
+    recover(settings, store).context("recovery from disk failed")
 }

@@ -70,6 +70,14 @@ pub struct NodeStatus {
     pub flushed_index: LogIndex,
     pub log_first_index: LogIndex,
     pub log_last_index: LogIndex,
+    /// Applied entries not yet written to the state store (they are in the log):
+    /// `applied_index - flushed_index`. Grows while the store is unreachable.
+    /// Absent from older nodes' answers, hence the default.
+    #[serde(default)]
+    pub unflushed_entries: u64,
+    /// State-store flushes failed in a row (0 when the store is healthy).
+    #[serde(default)]
+    pub store_flush_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Durable storage of one node: the write-ahead log of the replicated log, and
 //! the state store behind one trait.
 
+pub mod mongo_store;
 pub mod redb_store;
 pub mod wal;
 
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 
 use protocol::{LogIndex, Term};
 
+pub use mongo_store::{MongoConfig, MongoStore};
 pub use redb_store::RedbStore;
 pub use wal::{Recovered, Wal, WalError, WalRecord};
 
