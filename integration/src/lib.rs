@@ -33,6 +33,7 @@ use protocol::{NodeStatus, Role};
 use rand::Rng;
 use tempfile::TempDir;
 
+pub mod chaos;
 pub mod linearizability;
 pub mod proxy;
 pub mod raw;
@@ -79,6 +80,38 @@ impl Timers {
     }
 }
 
+/// The state store engine of a test cluster's nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// redb, in each node's data folder.
+    #[default]
+    Embedded,
+    /// MongoDB at `uri`: node N uses database `<database_prefix>_<cluster id>_<N>`.
+    MongoDb {
+        uri: String,
+        database_prefix: String,
+        /// The nodes' `storage.timeout_ms`.
+        timeout_ms: u64,
+    },
+}
+
+impl Engine {
+    /// The `[storage]` section of the cluster file.
+    fn storage_section(&self) -> String {
+        match self {
+            Engine::Embedded => "[storage]\nengine = \"embedded\"\n".to_string(),
+            Engine::MongoDb {
+                uri,
+                database_prefix,
+                timeout_ms,
+            } => format!(
+                "[storage]\nengine = \"mongodb\"\nuri = {uri:?}\ndatabase_prefix = {database_prefix:?}\n\
+                 timeout_ms = {timeout_ms}\n"
+            ),
+        }
+    }
+}
+
 /// Where the `kvs-node` binary is: `KVS_NODE_BIN`, or beside the test
 /// executable's `deps/` folder (`target/<profile>/kvs-node`).
 pub fn node_binary() -> PathBuf {
@@ -93,7 +126,14 @@ pub fn node_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable has a folder");
-    let candidate = dir.join("..").join(format!("kvs-node{}", std::env::consts::EXE_SUFFIX));
+    let name = format!("kvs-node{}", std::env::consts::EXE_SUFFIX);
+    // Tests run from target/<profile>/deps/, binaries such as `chaos` from target/<profile>/.
+    let beside = dir.join(&name);
+    let candidate = if beside.is_file() {
+        beside
+    } else {
+        dir.join("..").join(&name)
+    };
     assert!(
         candidate.is_file(),
         "the kvs-node binary is not at {}: run `cargo build -p node` or `cargo test --workspace` first \
@@ -180,6 +220,8 @@ pub struct TestCluster {
     dir: Option<TempDir>,
     root: PathBuf,
     config_path: PathBuf,
+    /// Per-node cluster files, when peer links are routed through proxies.
+    node_configs: BTreeMap<u64, PathBuf>,
     timers: Timers,
     nodes: Vec<Node>,
     binary: PathBuf,
@@ -189,6 +231,33 @@ pub struct TestCluster {
 impl TestCluster {
     /// Writes the cluster file and starts nodes `1..=n_nodes`. Does not wait for a leader.
     pub fn start(name: &str, n_nodes: usize, timers: Timers) -> TestCluster {
+        Self::start_routed(name, n_nodes, timers, &BTreeMap::new())
+    }
+
+    /// Like [`TestCluster::start`], but node `a` reaches node `b`'s peer port at
+    /// `routes[(a, b)]` where given (a fault proxy the caller starts), so each
+    /// node gets a cluster file of its own.
+    pub fn start_routed(
+        name: &str,
+        n_nodes: usize,
+        timers: Timers,
+        routes: &BTreeMap<(u64, u64), String>,
+    ) -> TestCluster {
+        Self::launch(name, n_nodes, timers, routes, &Engine::Embedded)
+    }
+
+    /// Like [`TestCluster::start`], with the nodes' state store engine chosen.
+    pub fn start_with_engine(name: &str, n_nodes: usize, timers: Timers, engine: &Engine) -> TestCluster {
+        Self::launch(name, n_nodes, timers, &BTreeMap::new(), engine)
+    }
+
+    fn launch(
+        name: &str,
+        n_nodes: usize,
+        timers: Timers,
+        routes: &BTreeMap<(u64, u64), String>,
+        engine: &Engine,
+    ) -> TestCluster {
         assert!(n_nodes > 0, "a cluster needs a node");
         let binary = node_binary();
         let dir = tempfile::Builder::new()
@@ -213,24 +282,40 @@ impl TestCluster {
             })
             .collect();
 
-        let mut text = format!(
+        let text = format!(
             "[cluster]\nid = \"{cluster_id}\"\ndata_dir = {data:?}\ncommit_interval_ms = {}\n\
-             heartbeat_interval_ms = {}\nelection_timeout_ms = {}\ntrim_interval_ms = {}\n\n\
-             [storage]\nengine = \"embedded\"\n",
+             heartbeat_interval_ms = {}\nelection_timeout_ms = {}\ntrim_interval_ms = {}\n\n{storage}",
             timers.commit_interval_ms,
             timers.heartbeat_interval_ms,
             timers.election_timeout_ms,
             timers.trim_interval_ms,
             data = root.join("data").display().to_string(),
+            storage = engine.storage_section(),
         );
-        for node in &nodes {
-            text.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\n",
-                node.id, node.client_addr, node.peer_addr
-            ));
-        }
+        let members_as_seen_by = |viewer: Option<u64>| {
+            let mut members = String::new();
+            for node in &nodes {
+                let peer_addr = viewer
+                    .and_then(|v| routes.get(&(v, node.id)))
+                    .unwrap_or(&node.peer_addr);
+                members.push_str(&format!(
+                    "\n[[nodes]]\nid = {}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\n",
+                    node.id, node.client_addr, peer_addr
+                ));
+            }
+            members
+        };
         let config_path = root.join("cluster.toml");
-        std::fs::write(&config_path, text).expect("write cluster.toml");
+        std::fs::write(&config_path, format!("{text}{}", members_as_seen_by(None))).expect("write cluster.toml");
+        let mut node_configs = BTreeMap::new();
+        if !routes.is_empty() {
+            for node in &nodes {
+                let path = root.join(format!("cluster-{}.toml", node.id));
+                std::fs::write(&path, format!("{text}{}", members_as_seen_by(Some(node.id))))
+                    .expect("write a node's cluster file");
+                node_configs.insert(node.id, path);
+            }
+        }
 
         let endpoints = nodes.iter().map(|n| n.client_addr.clone()).collect();
         let status_client = Client::new(ClientConfig {
@@ -246,6 +331,7 @@ impl TestCluster {
             dir: Some(dir),
             root,
             config_path,
+            node_configs,
             timers,
             nodes,
             binary,
@@ -330,7 +416,7 @@ impl TestCluster {
 
     fn spawn(&mut self, id: u64) {
         let log_path = self.log_path(id);
-        let config = self.config_path.clone();
+        let config = self.node_configs.get(&id).unwrap_or(&self.config_path).clone();
         let binary = self.binary.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
@@ -562,6 +648,32 @@ impl TestCluster {
             .filter(|line| line["fields"]["message"] == message)
             .map(|line| line["fields"].clone())
             .collect()
+    }
+
+    /// Every node's own trace of becoming leader: term -> the nodes that led it.
+    /// Panics on a `role changed` line without a numeric term (a trace format change).
+    pub fn leaders_by_term(&self) -> BTreeMap<u64, std::collections::BTreeSet<u64>> {
+        let mut leaders: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for id in self.ids() {
+            for fields in self.log_events(id, "role changed") {
+                if fields["role"] != "leader" {
+                    continue;
+                }
+                let term = fields["term"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("node {id}: a `role changed` line without a numeric term: {fields}"));
+                leaders.entry(term).or_default().insert(id);
+            }
+        }
+        leaders
+    }
+
+    /// Keeps the cluster's folder (config, data, traces) after the cluster is dropped.
+    pub fn keep_folder(&mut self) -> PathBuf {
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        self.root.clone()
     }
 
     /// The last `count` lines of node `id`'s trace file.

@@ -1,6 +1,6 @@
 //! Election safety across many elections, checked from every node's own traces.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use integration::{TestCluster, Timers};
 
@@ -28,19 +28,7 @@ async fn no_two_leaders_in_one_term_across_many_elections() {
         cluster.wait_caught_up(old, bound).await;
     }
 
-    // Every node's own trace of becoming leader: (term, node).
-    let mut leaders_by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    for id in cluster.ids() {
-        for fields in cluster.log_events(id, "role changed") {
-            if fields["role"] != "leader" {
-                continue;
-            }
-            let term = fields["term"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("node {id}: a `role changed` line without a numeric term: {fields}"));
-            leaders_by_term.entry(term).or_default().insert(id);
-        }
-    }
+    let leaders_by_term = cluster.leaders_by_term();
     let doubles: Vec<_> = leaders_by_term.iter().filter(|(_, nodes)| nodes.len() > 1).collect();
     assert!(doubles.is_empty(), "terms with two leaders: {doubles:?}");
     assert!(
