@@ -6,7 +6,7 @@
 //! session) run a random mix of get, put and delete over a few keys, and
 //! meanwhile a nemesis kills and restarts nodes (the leader favoured), pauses
 //! them (SIGSTOP/SIGCONT), cuts links (one node isolated, the leader isolated,
-//! one-way cuts, a bridge node), tears the tail of a node's write-ahead log
+//! one-way cuts, a bridge node, a cut and a kill at once), tears the tail of a node's write-ahead log
 //! before restarting it, and restarts the whole cluster. Then everything is
 //! healed, every key is read once more, and the history is checked:
 //! linearizable per key (so no acknowledged write is lost and no read is
@@ -233,6 +233,13 @@ impl Nemesis {
         }
     }
 
+    /// Two different nodes, `from` and `to`, for a one-way cut.
+    fn distinct_pair(&mut self, ids: &[u64]) -> (u64, u64) {
+        let from = ids[self.rng.gen_range(0..ids.len())];
+        let others: Vec<u64> = ids.iter().copied().filter(|&id| id != from).collect();
+        (from, others[self.rng.gen_range(0..others.len())])
+    }
+
     async fn leader_or_any(&mut self, cluster: &mut TestCluster) -> u64 {
         let running = cluster.running();
         let leader = cluster.view().await.leader().map(|s| s.node_id);
@@ -249,7 +256,7 @@ impl Nemesis {
         let timeout = Duration::from_millis(timers().election_timeout_ms);
         let from = recorder.now();
         let hold = Duration::from_millis(self.rng.gen_range(300..1500));
-        let (kind, detail) = match self.rng.gen_range(0..8) {
+        let (kind, detail) = match self.rng.gen_range(0..9) {
             0 | 1 => {
                 let victim = self.leader_or_any(cluster).await;
                 cluster.kill(victim);
@@ -274,11 +281,8 @@ impl Nemesis {
                 ("isolate", format!("node {victim}"))
             }
             4 => {
-                let a = ids[self.rng.gen_range(0..ids.len())];
-                let b = ids[self.rng.gen_range(0..ids.len())];
-                if a != b {
-                    self.cut(a, b);
-                }
+                let (a, b) = self.distinct_pair(&ids);
+                self.cut(a, b);
                 tokio::time::sleep(hold + timeout).await;
                 self.heal();
                 ("one-way", format!("{a} -/-> {b}"))
@@ -306,6 +310,20 @@ impl Nemesis {
                 tokio::time::sleep(hold / 2).await;
                 cluster.restart(victim);
                 ("torn-wal", format!("node {victim}, last {cut} bytes cut: {torn}"))
+            }
+            7 => {
+                // Two faults at once: a link cut one way, then the leader (or
+                // any node) killed while the cut lasts.
+                let (a, b) = self.distinct_pair(&ids);
+                self.cut(a, b);
+                tokio::time::sleep(hold / 2).await;
+                let victim = self.leader_or_any(cluster).await;
+                cluster.kill(victim);
+                tokio::time::sleep(hold + timeout).await;
+                cluster.restart(victim);
+                tokio::time::sleep(hold / 2).await;
+                self.heal();
+                ("cut+kill", format!("{a} -/-> {b}, then node {victim} killed"))
             }
             _ => {
                 for id in cluster.running() {

@@ -58,7 +58,17 @@ async fn main() -> std::process::ExitCode {
             duration: cli.duration,
             ..ChaosOptions::new("chaos", cli.seed + k)
         };
-        let report = run(&options).await;
+        let seed = options.seed;
+        // A run that panics (a cluster that never elects a leader, say) is a
+        // failure to report with its seed, not the end of the long mode.
+        let report = match tokio::spawn(async move { run(&options).await }).await {
+            Ok(report) => report,
+            Err(failure) => {
+                println!("run seed {seed}: FAILED, the harness stopped: {failure}");
+                violations += 1;
+                continue;
+            }
+        };
         println!("{}", report.line());
         if let Some(kept) = &report.kept {
             println!("  nodes' data and traces kept in {}", kept.display());
