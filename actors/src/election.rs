@@ -318,11 +318,15 @@ impl Handler<Tick> for ElectionActor {
                 if generation != self.generation || self.core.role() == Role::Leader {
                     return; // a timer that raced a reset
                 }
-                info!(
-                    last_index = self.core.log().last_index(),
-                    last_term = self.core.log().last_term(),
-                    "election timeout: starting an election"
-                );
+                if self.core.is_recovering() {
+                    info!("recovering from lost durable state: asking the peers for the cluster's term");
+                } else {
+                    info!(
+                        last_index = self.core.log().last_index(),
+                        last_term = self.core.log().last_term(),
+                        "election timeout: starting an election"
+                    );
+                }
                 self.core.election_timeout();
             }
             Tick::Heartbeat => self.core.heartbeat(),

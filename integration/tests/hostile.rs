@@ -60,6 +60,38 @@ async fn hostile_input_on_client_and_peer_ports() {
         }
     }
 
+    // (a') The same garbage instead of a hello on the peer port.
+    for (label, bytes) in [
+        (
+            "http request on the peer port",
+            b"GET / HTTP/1.1\r\nHost: kvs\r\n\r\n".to_vec(),
+        ),
+        ("framed garbage on the peer port", {
+            let mut b = 16u32.to_be_bytes().to_vec();
+            b.extend((0..16u8).map(|i| i.wrapping_mul(37) ^ 0xC1));
+            b
+        }),
+    ] {
+        let mut conn = RawConn::connect(&peer_port).await;
+        conn.send_bytes(&bytes).await.expect("send garbage");
+        for (reason, message) in expect_refused_and_closed(&mut conn, label).await {
+            assert_eq!(reason, RejectReason::Malformed, "{label}: {message}");
+        }
+    }
+    // ... and after a valid peer handshake: a frame that is no peer message
+    // ends that link, and nothing else (checked at the end: all nodes serve).
+    {
+        let mut conn = RawConn::connect(&peer_port).await;
+        let other = cluster.ids().into_iter().find(|&id| id != target).unwrap();
+        let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: other }).await;
+        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        conn.send_frame(Bytes::from_static(&[0xc1, 0xff, 0x00, 0x13, 0x37]))
+            .await
+            .expect("send garbage frame");
+        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+        assert!(frames.is_empty(), "the peer port answered garbage: {frames:?}");
+    }
+
     // (b) A header announcing 1 GiB, before the handshake, on both ports.
     for (label, port) in [("client port", &client_port), ("peer port", &peer_port)] {
         let mut conn = RawConn::connect(port).await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use integration::{assert_all_readable, open_rw, pairs, put_all, TestCluster, Timers};
 
 const TRUNCATED: &str = "torn or corrupt write-ahead log tail truncated";
+const RECOVERED: &str = "recovered from lost durable state: caught up by a leader; voting again";
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -115,9 +116,10 @@ async fn crash_damage_restart(name: &str, damages: &[Damage], damage: fn(&Path, 
         // Every write is on the victim's disk before it dies.
         cluster.wait_caught_up(victim, bound).await;
         let truncations_before = cluster.log_events(victim, TRUNCATED).len();
+        let recoveries_before = cluster.log_events(victim, RECOVERED).len();
         cluster.kill(victim);
         let wal = cluster.wal_path(victim);
-        let size_before = std::fs::metadata(&wal).expect("wal").len();
+        let before = std::fs::read(&wal).expect("read wal");
         damage(&wal, how);
 
         cluster.restart(victim);
@@ -135,10 +137,20 @@ async fn crash_damage_restart(name: &str, damages: &[Damage], damage: fn(&Path, 
         );
         let cut = events.last().and_then(|f| f["bytes"].as_u64()).unwrap_or(0);
         assert!(cut > 0, "{how:?}: truncated {cut} bytes: {events:?}");
-        let size_after = std::fs::metadata(&wal).expect("wal").len();
-        assert!(
-            size_after <= size_before,
-            "{how:?}: the WAL is {size_after} bytes after recovery, {size_before} before the damage"
+        // Every record before the damaged one is kept as it was, and the file
+        // is whole records again: the damage is gone, and what the node wrote
+        // since (its recovery mark, then catch-up) follows.
+        let after = std::fs::read(&wal).expect("read wal");
+        let intact = records(&before).last().map_or(0, |last| last.start);
+        assert_eq!(
+            after.get(..intact),
+            Some(&before[..intact]),
+            "{how:?}: records before the damage changed"
+        );
+        assert_eq!(
+            records(&after).last().map_or(0, |last| last.end),
+            after.len(),
+            "{how:?}: the WAL does not end with a whole record after recovery"
         );
 
         assert_all_readable(&client, &written).await;
@@ -146,6 +158,17 @@ async fn crash_damage_restart(name: &str, damages: &[Damage], damage: fn(&Path, 
         written.extend(put_all(&client, pairs(&format!("after{round}"), 0..10)).await);
         cluster.wait_caught_up(victim, Duration::from_secs(20)).await;
         assert!(cluster.is_running(victim), "node {victim} exited after {how:?}");
+        // The cut may have held acknowledged entries: the victim votes again
+        // only once a leader has caught it up (RaftCore, invariant 9).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cluster.log_events(victim, RECOVERED).len() <= recoveries_before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how:?}: node {victim} never reported the end of its recovery; its trace:\n{}",
+                cluster.log_tail(victim, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // The damaged followers now hold everything: with the leader down they

@@ -79,4 +79,12 @@ pub enum PeerMessage {
         last_index: LogIndex,
         read_round: u64,
     },
+    /// From a node that lost durable state (its write-ahead log's tail was
+    /// cut at restart): which term is the cluster in? Every node answers.
+    TermProbe,
+    /// The answer to `TermProbe`: the sender's term is the envelope's;
+    /// `recovering` says the sender is itself recovering from lost state.
+    TermProbeReply {
+        recovering: bool,
+    },
 }

@@ -25,6 +25,19 @@
 //!    that started after the read arrived, and only once the leader has
 //!    committed an entry of its term (its no-op).
 //!
+//! 9. A node that lost durable state (its WAL tail was cut at restart, so
+//!    entries it acknowledged or a vote it cast may be gone) neither votes
+//!    nor campaigns, nor accepts entries, until it has learned the cluster's
+//!    term from enough peers that every quorum includes one of them; it then
+//!    takes that term with its vote spent and accepts entries only from
+//!    leaders of that term or later. It votes again once its durable log
+//!    matches such a leader's up to a commit index of that leader's own term:
+//!    that prefix holds every entry committed before the loss. The state is in
+//!    `HardState::recovering`, so a crash meanwhile resumes it. If so many
+//!    nodes report the same loss that no quorum of intact nodes exists, the
+//!    guarantee is gone anyway and the node resumes with what survived,
+//!    saying so.
+//!
 //! The original system's "longest log, then highest id" preference is a
 //! tie-break only: it shapes who times out first (see `HeartbeatActor`), never
 //! who may win. Votes follow Raft's up-to-date rule.
@@ -40,6 +53,10 @@ use super::log::MemLog;
 pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
+    /// Recovering from lost durable state (invariant 9). Absent from records
+    /// written before it existed, hence the default.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// Tunables of the core that are not timers (timers belong to the caller).
@@ -139,6 +156,20 @@ struct Progress {
     snapshot_requested_at: Option<u64>,
 }
 
+/// Progress of a recovery from lost durable state (invariant 9).
+#[derive(Debug, Default)]
+struct DataLossRecovery {
+    /// Peers that answered a `TermProbe`: their term, and whether they are recovering too.
+    answers: BTreeMap<NodeId, (Term, bool)>,
+    /// The cluster's term, once enough peers answered.
+    learned_term: Option<Term>,
+    /// A leader's commit index that reaches into that leader's own term (so
+    /// it covers every entry committed before that term, and every entry the
+    /// leader itself committed), and up to which this node's log matches the
+    /// leader's. The node votes again once this much of its log is durable.
+    caught_up_to: Option<LogIndex>,
+}
+
 #[derive(Debug, Clone)]
 struct PendingRead {
     id: ReadId,
@@ -173,6 +204,8 @@ pub struct RaftCore {
     /// Leader: index every node may trim its log up to.
     trim_to: LogIndex,
     heartbeat_rounds: u64,
+    /// Set while recovering from lost durable state (invariant 9).
+    recovery: Option<DataLossRecovery>,
     ready: Ready,
 }
 
@@ -201,6 +234,7 @@ impl RaftCore {
             term_start_index: 0,
             trim_to: 0,
             heartbeat_rounds: 0,
+            recovery: hard.recovering.then(DataLossRecovery::default),
             ready: Ready::default(),
         }
     }
@@ -230,6 +264,10 @@ impl RaftCore {
     }
     pub fn durable_index(&self) -> LogIndex {
         self.durable
+    }
+    /// Recovering from lost durable state: not voting, not campaigning (invariant 9).
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
     }
 
     /// Takes what the last events asked for.
@@ -267,7 +305,11 @@ impl RaftCore {
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.hard.term {
             // Invariant 2: the vote belongs to the old term.
-            self.set_hard_state(HardState { term, voted_for: None });
+            self.set_hard_state(HardState {
+                term,
+                voted_for: None,
+                recovering: self.hard.recovering,
+            });
         }
         if self.role == Role::Leader {
             self.fail_all_reads();
@@ -293,10 +335,21 @@ impl RaftCore {
         if self.role == Role::Leader {
             return;
         }
+        if self.recovery.is_some() {
+            // Invariant 9: no campaign; ask (again) which term the cluster is in.
+            let probes: Vec<_> = self
+                .peers()
+                .map(|peer| self.envelope(peer, PeerMessage::TermProbe))
+                .collect();
+            self.ready.messages.extend(probes);
+            self.ready.reset_election_timer = true;
+            return;
+        }
         let term = self.hard.term + 1;
         self.set_hard_state(HardState {
             term,
             voted_for: Some(self.config.id),
+            recovering: false,
         });
         self.role = Role::Candidate;
         self.leader = None;
@@ -513,7 +566,109 @@ impl RaftCore {
             if self.role == Role::Leader {
                 self.maybe_commit();
             }
+            self.maybe_end_recovery();
         }
+    }
+
+    // ----- recovery from lost durable state (invariant 9) -----
+
+    /// Peers that must answer a probe before the node knows the cluster's
+    /// term: enough that every quorum holds one of them besides this node.
+    fn probe_answers_needed(&self) -> usize {
+        self.config.members.len() - self.quorum() + 1
+    }
+
+    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, peer_recovering: bool) {
+        let Some(recovery) = self.recovery.as_mut() else {
+            return;
+        };
+        recovery.answers.insert(from, (term, peer_recovering));
+        let answered = recovery.answers.len();
+        let recovering_nodes = 1 + recovery.answers.values().filter(|(_, r)| *r).count();
+        let known_term = recovery.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
+        let learned = recovery.learned_term;
+        let members = self.config.members.len();
+        if learned.is_none() && answered >= self.probe_answers_needed() {
+            // Take the cluster's term with the vote spent: a vote this node cast
+            // in that term may be among what it lost.
+            let term = known_term.max(self.hard.term);
+            let voted_for = if term == self.hard.term {
+                self.hard.voted_for.or(Some(self.config.id))
+            } else {
+                Some(self.config.id)
+            };
+            if term > self.hard.term {
+                self.become_follower(term, None);
+            }
+            self.set_hard_state(HardState {
+                term,
+                voted_for,
+                recovering: true,
+            });
+            if let Some(recovery) = self.recovery.as_mut() {
+                recovery.learned_term = Some(term);
+            }
+            tracing::info!(
+                term,
+                "recovering from lost durable state: learned the cluster's term; \
+                 waiting for a leader to catch this node up before it votes again"
+            );
+        }
+        if members - recovering_nodes < self.quorum() {
+            // No quorum of intact nodes exists: nobody can restore what was lost,
+            // and waiting would stop the cluster for good.
+            tracing::warn!(
+                recovering_nodes,
+                members,
+                "too many nodes lost durable state: resuming with what survived \
+                 (acknowledged writes may be lost)"
+            );
+            self.end_recovery();
+            return;
+        }
+        self.maybe_end_recovery();
+    }
+
+    /// After a successful append from the leader of the current term: notes
+    /// how far this node's log now provably holds what the leader committed.
+    fn note_caught_up(&mut self, leader_commit: LogIndex, match_index: LogIndex) {
+        let term = self.hard.term;
+        let Some(recovery) = self.recovery.as_mut() else {
+            return;
+        };
+        // Our log equals the leader's through `match_index`; it must reach the
+        // leader's commit, and that commit must be in the leader's own term.
+        if recovery.learned_term.is_some_and(|learned| term >= learned)
+            && recovery.caught_up_to.is_none()
+            && match_index >= leader_commit
+            && self.log.term(leader_commit) == Some(term)
+        {
+            recovery.caught_up_to = Some(leader_commit);
+        }
+        self.maybe_end_recovery();
+    }
+
+    /// Ends the recovery once the log is durable up to `caught_up_to`.
+    fn maybe_end_recovery(&mut self) {
+        let Some(index) = self.recovery.as_ref().and_then(|r| r.caught_up_to) else {
+            return;
+        };
+        if self.durable >= index {
+            tracing::info!(
+                term = self.hard.term,
+                durable = self.durable,
+                "recovered from lost durable state: caught up by a leader; voting again"
+            );
+            self.end_recovery();
+        }
+    }
+
+    fn end_recovery(&mut self) {
+        self.recovery = None;
+        self.set_hard_state(HardState {
+            recovering: false,
+            ..self.hard
+        });
     }
 
     // ----- replication, leader side -----
@@ -716,6 +871,26 @@ impl RaftCore {
                     }
                 }
             }
+            PeerMessage::AppendEntries { .. } | PeerMessage::InstallSnapshot { .. }
+                if self.recovery.as_ref().is_some_and(|r| r.learned_term.is_none()) =>
+            {
+                // Invariant 9: until the cluster's term is known, this may be a
+                // deposed leader that this node, before its loss, had already
+                // left behind. Take nothing from it; the leader will retry.
+            }
+            PeerMessage::TermProbe => {
+                let reply = self.envelope(
+                    from,
+                    PeerMessage::TermProbeReply {
+                        recovering: self.recovery.is_some(),
+                    },
+                );
+                // It carries our term, which the probe may just have raised.
+                self.ready.after_persist.push(reply);
+            }
+            PeerMessage::TermProbeReply { recovering } => {
+                self.on_term_probe_reply(from, envelope.term, recovering);
+            }
             PeerMessage::AppendEntries {
                 prev_log_index,
                 prev_log_term,
@@ -778,11 +953,14 @@ impl RaftCore {
         // Invariant 2 and the up-to-date check, against the log as it is now.
         let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
         let free = self.hard.voted_for.is_none() || self.hard.voted_for == Some(candidate);
-        let granted = !stale && free && up_to_date && self.role != Role::Leader;
+        // Invariant 9: a node that lost durable state may have voted already, or
+        // lost entries that make this candidate look up to date.
+        let granted = !stale && free && up_to_date && self.role != Role::Leader && self.recovery.is_none();
         if granted {
             self.set_hard_state(HardState {
                 term: self.hard.term,
                 voted_for: Some(candidate),
+                recovering: false,
             });
             self.ready.reset_election_timer = true;
         }
@@ -892,6 +1070,7 @@ impl RaftCore {
         }
         self.advance_commit(leader_commit.min(match_index));
         self.compact(trim_to);
+        self.note_caught_up(leader_commit, match_index);
         self.reply_append(leader, true, match_index, 0, read_round);
     }
 

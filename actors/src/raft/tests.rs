@@ -31,7 +31,11 @@ fn entry(index: LogIndex, term: Term) -> Entry {
 }
 
 fn core_with_log(id: NodeId, members: &[NodeId], term: Term, entries: Vec<Entry>) -> RaftCore {
-    let hard = HardState { term, voted_for: None };
+    let hard = HardState {
+        term,
+        voted_for: None,
+        recovering: false,
+    };
     RaftCore::new(config(id, members), hard, MemLog::new(0, 0, entries), 0)
 }
 
@@ -110,7 +114,8 @@ fn vote_is_granted_once_per_term_and_persisted_before_the_reply() {
         ready.hard_state,
         Some(HardState {
             term: 2,
-            voted_for: Some(2)
+            voted_for: Some(2),
+            recovering: false,
         })
     );
     assert!(
@@ -187,7 +192,8 @@ fn election_timeout_persists_term_and_self_vote_before_asking() {
         ready.hard_state,
         Some(HardState {
             term: 4,
-            voted_for: Some(1)
+            voted_for: Some(1),
+            recovering: false,
         })
     );
     assert!(ready.messages.is_empty());
@@ -613,4 +619,151 @@ fn trimmed_entries_are_replaced_by_a_snapshot_request() {
     cluster.nodes.get_mut(&1).unwrap().heartbeat();
     cluster.run();
     assert_eq!(cluster.snapshot_requests, vec![(1, 3)]);
+}
+
+// ----- invariant 9: recovery from lost durable state -----
+
+/// Node `id` restarted after its WAL tail was cut: term `term`, vote lost, log `entries`.
+fn recovering_core(id: NodeId, members: &[NodeId], term: Term, entries: Vec<Entry>) -> RaftCore {
+    let hard = HardState {
+        term,
+        voted_for: None,
+        recovering: true,
+    };
+    let durable = entries.last().map_or(0, |e| e.index);
+    let mut core = RaftCore::new(config(id, members), hard, MemLog::new(0, 0, entries), 0);
+    if durable > 0 {
+        let term = core.log().term(durable).unwrap_or(0);
+        core.persisted(durable, term);
+    }
+    core
+}
+
+fn probe_reply(from: NodeId, to: NodeId, term: Term, recovering: bool) -> PeerEnvelope {
+    envelope(from, to, term, PeerMessage::TermProbeReply { recovering })
+}
+
+#[test]
+fn a_node_that_lost_durable_state_neither_votes_nor_campaigns_but_probes() {
+    let mut node = recovering_core(1, &[1, 2, 3], 2, vec![entry(1, 1)]);
+    assert!(node.is_recovering());
+    // A candidate whose log looks up to date to what survived: refused.
+    node.step(vote_request(2, 1, 3, 1, 1));
+    assert_eq!(granted(&node.take_ready()), Some(false));
+    // Its election timer asks the peers for their term instead of campaigning.
+    node.election_timeout();
+    let ready = node.take_ready();
+    assert_eq!(node.role(), Role::Follower);
+    assert_eq!(ready.hard_state, None);
+    let probed: Vec<NodeId> = ready
+        .messages
+        .iter()
+        .filter(|m| m.message == PeerMessage::TermProbe)
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(probed, vec![2, 3]);
+    assert!(ready.reset_election_timer);
+}
+
+#[test]
+fn until_the_term_is_known_no_entries_are_taken_even_from_a_newer_leader() {
+    // Before its loss the node may have been in term 9; a leader of term 5
+    // could be one it had already left behind.
+    let mut node = recovering_core(1, &[1, 2, 3], 3, vec![entry(1, 1)]);
+    node.step(append(2, 1, 5, (1, 1), vec![entry(2, 5)], 2));
+    let ready = node.take_ready();
+    assert!(append_reply(&ready).is_none(), "no answer, no ack");
+    assert_eq!(node.log().last_index(), 1);
+    // One answer of two needed (3 members): still unknown.
+    node.step(probe_reply(3, 1, 9, false));
+    node.step(append(2, 1, 5, (1, 1), vec![entry(2, 5)], 2));
+    assert!(append_reply(&node.take_ready()).is_none());
+    node.step(probe_reply(2, 1, 5, false));
+    let ready = node.take_ready();
+    // The highest term heard, with the vote spent (it may have voted in it).
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 9,
+            voted_for: Some(1),
+            recovering: true,
+        })
+    );
+    // The term-5 leader is now stale: its entries are refused.
+    node.step(append(2, 1, 5, (1, 1), vec![entry(2, 5)], 2));
+    assert_eq!(append_reply(&node.take_ready()).map(|r| r.0), Some(false));
+    assert_eq!(node.log().last_index(), 1);
+    assert!(node.is_recovering());
+}
+
+#[test]
+fn voting_resumes_only_once_a_leader_commit_of_its_own_term_is_durable_here() {
+    let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1), entry(2, 4)]);
+    node.step(probe_reply(2, 1, 4, false));
+    node.step(probe_reply(3, 1, 4, false));
+    node.take_ready();
+    assert!(node.is_recovering());
+    // The leader of term 4 still holds entry 3 (lost here) and committed it.
+    // A heartbeat that matches only up to 2: not yet caught up, although the
+    // log already holds an entry of term 4.
+    node.step(append(2, 1, 4, (2, 4), vec![], 3));
+    assert!(append_reply(&node.take_ready()).is_some_and(|r| r.0));
+    assert!(node.is_recovering(), "index 3 of term 4 is not here yet");
+    // Entry 3 comes back; the leader's commit (3, term 4) is matched.
+    node.step(append(2, 1, 4, (2, 4), vec![entry(3, 4)], 3));
+    let ready = node.take_ready();
+    assert!(append_reply(&ready).is_some_and(|r| r.0));
+    assert!(node.is_recovering(), "entry 3 is not durable yet");
+    node.persisted(3, 4);
+    assert!(!node.is_recovering());
+    assert_eq!(node.take_ready().hard_state.map(|h| h.recovering), Some(false));
+    // Now an up-to-date candidate of a new term gets the vote.
+    node.step(vote_request(3, 1, 5, 3, 4));
+    assert_eq!(granted(&node.take_ready()), Some(true));
+}
+
+#[test]
+fn a_restart_during_recovery_resumes_it() {
+    let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1)]);
+    node.step(probe_reply(2, 1, 4, false));
+    node.step(probe_reply(3, 1, 4, false));
+    let hard = node.take_ready().hard_state.expect("the learned term is persisted");
+    assert!(hard.recovering);
+    let restarted = RaftCore::new(config(1, &[1, 2, 3]), hard, MemLog::new(0, 0, vec![entry(1, 1)]), 0);
+    assert!(restarted.is_recovering());
+}
+
+#[test]
+fn recovery_is_given_up_when_no_quorum_of_intact_nodes_exists() {
+    // Three members, two of them (this one and node 2) lost state: no intact
+    // majority can ever catch them up, so waiting would stop the cluster.
+    let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1)]);
+    node.step(probe_reply(2, 1, 4, true));
+    assert!(!node.is_recovering());
+    node.take_ready();
+    // It keeps its vote spent in the term it learned, and campaigns in the next.
+    node.election_timeout();
+    assert_eq!(node.role(), Role::Candidate);
+    assert_eq!(node.term(), 5);
+    // With one peer recovering of five members, it waits instead.
+    let mut node = recovering_core(1, &[1, 2, 3, 4, 5], 4, vec![entry(1, 1)]);
+    node.step(probe_reply(2, 1, 4, true));
+    node.step(probe_reply(3, 1, 4, false));
+    node.step(probe_reply(4, 1, 4, false));
+    assert!(node.is_recovering());
+}
+
+#[test]
+fn every_node_answers_a_term_probe_after_persisting_its_term() {
+    let mut node = core_with_log(2, &[1, 2, 3], 3, vec![]);
+    node.step(envelope(1, 2, 5, PeerMessage::TermProbe));
+    let ready = node.take_ready();
+    assert_eq!(ready.hard_state.map(|h| h.term), Some(5));
+    assert!(ready.messages.is_empty());
+    assert_eq!(ready.after_persist.len(), 1);
+    assert_eq!(ready.after_persist[0].term, 5);
+    assert_eq!(
+        ready.after_persist[0].message,
+        PeerMessage::TermProbeReply { recovering: false }
+    );
 }

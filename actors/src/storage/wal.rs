@@ -327,7 +327,11 @@ mod tests {
     }
 
     fn hard(term: Term, voted_for: Option<u64>) -> HardState {
-        HardState { term, voted_for }
+        HardState {
+            term,
+            voted_for,
+            recovering: false,
+        }
     }
 
     fn entries(range: std::ops::RangeInclusive<LogIndex>, term: Term) -> Vec<Entry> {
