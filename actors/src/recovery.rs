@@ -99,6 +99,7 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         snapshot_retry_rounds: (2 * settings.election_timeout.as_millis()
             / settings.heartbeat_interval.as_millis().max(1))
         .max(3) as u64,
+        incarnation: start_incarnation(),
     };
     let core = RaftCore::new(config, from_wal.hard_state, log, applied);
     let state = StateMachine::from_stored(stored)?;
@@ -108,4 +109,14 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         core,
         state,
     })
+}
+
+/// This start's incarnation: the wall clock in microseconds, which grows from
+/// one start to the next (a restart takes far longer than any clock step a
+/// synchronized clock makes). Never 0, which means "unknown" on the wire.
+fn start_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+        .max(1)
 }

@@ -57,6 +57,9 @@ pub enum PeerMessage {
         leader_commit: LogIndex,
         read_round: u64,
         trim_to: LogIndex,
+        /// The recipient's incarnation as the leader last heard it (0: not yet).
+        #[serde(default)]
+        follower_incarnation: u64,
     },
     /// On success `match_index` is the last index known to equal the leader's;
     /// on failure `hint` is where the follower suggests the leader retries.
@@ -66,6 +69,10 @@ pub enum PeerMessage {
         hint: LogIndex,
         read_round: u64,
         flushed_index: LogIndex,
+        /// The sender's incarnation: it grows at every process start, so the
+        /// leader can drop answers from before a restart (0: unknown).
+        #[serde(default)]
+        incarnation: u64,
     },
     /// The whole state store as of `last_index`, for a node whose missing
     /// entries the leader has already trimmed.
@@ -78,13 +85,23 @@ pub enum PeerMessage {
     SnapshotResponse {
         last_index: LogIndex,
         read_round: u64,
+        /// As in `AppendResponse`.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// From a node that lost durable state (its write-ahead log's tail was
     /// cut at restart): which term is the cluster in? Every node answers.
-    TermProbe,
-    /// The answer to `TermProbe`: the sender's term is the envelope's;
-    /// `recovering` says the sender is itself recovering from lost state.
+    /// `incarnation` and `round` name the question, so that an answer to an
+    /// older one is never taken for an answer to this one.
+    TermProbe {
+        incarnation: u64,
+        round: u64,
+    },
+    /// The answer to `TermProbe`, echoing its names: the sender's term is the
+    /// envelope's; `recovering` says the sender is itself recovering from lost state.
     TermProbeReply {
+        incarnation: u64,
+        round: u64,
         recovering: bool,
     },
 }

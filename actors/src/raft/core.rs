@@ -73,6 +73,9 @@ pub struct CoreConfig {
     pub max_inflight_entries: u64,
     /// Heartbeat rounds after which an unanswered snapshot is sent again.
     pub snapshot_retry_rounds: u64,
+    /// Grows at every start of this node (the caller uses its start time):
+    /// answers sent before a restart are told apart from answers after it.
+    pub incarnation: u64,
 }
 
 /// Identifies a read waiting for leadership confirmation.
@@ -154,12 +157,16 @@ struct Progress {
     read_round: u64,
     /// Heartbeat round at which a snapshot was requested for this follower.
     snapshot_requested_at: Option<u64>,
+    /// The follower's latest incarnation heard (0: none yet).
+    incarnation: u64,
 }
 
 /// Progress of a recovery from lost durable state (invariant 9).
 #[derive(Debug, Default)]
 struct DataLossRecovery {
-    /// Peers that answered a `TermProbe`: their term, and whether they are recovering too.
+    /// The current probe round: only answers to it count.
+    round: u64,
+    /// Peers that answered this round's `TermProbe`: their term, and whether they are recovering too.
     answers: BTreeMap<NodeId, (Term, bool)>,
     /// The cluster's term, once enough peers answered.
     learned_term: Option<Term>,
@@ -335,12 +342,16 @@ impl RaftCore {
         if self.role == Role::Leader {
             return;
         }
-        if self.recovery.is_some() {
-            // Invariant 9: no campaign; ask (again) which term the cluster is in.
-            let probes: Vec<_> = self
-                .peers()
-                .map(|peer| self.envelope(peer, PeerMessage::TermProbe))
-                .collect();
+        if let Some(recovery) = self.recovery.as_mut() {
+            // Invariant 9: no campaign; ask (again) which term the cluster is in,
+            // in a new round, so that only fresh answers count.
+            recovery.round += 1;
+            recovery.answers.clear();
+            let probe = PeerMessage::TermProbe {
+                incarnation: self.config.incarnation,
+                round: recovery.round,
+            };
+            let probes: Vec<_> = self.peers().map(|peer| self.envelope(peer, probe.clone())).collect();
             self.ready.messages.extend(probes);
             self.ready.reset_election_timer = true;
             return;
@@ -572,20 +583,27 @@ impl RaftCore {
 
     // ----- recovery from lost durable state (invariant 9) -----
 
-    /// Peers that must answer a probe before the node knows the cluster's
-    /// term: enough that every quorum holds one of them besides this node.
+    /// Intact peers (not recovering themselves) that must answer one probe
+    /// round before the node knows the cluster's term: enough that every
+    /// quorum holds one of them besides this node.
     fn probe_answers_needed(&self) -> usize {
         self.config.members.len() - self.quorum() + 1
     }
 
-    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, peer_recovering: bool) {
+    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, question: (u64, u64), peer_recovering: bool) {
+        let incarnation = self.config.incarnation;
         let Some(recovery) = self.recovery.as_mut() else {
             return;
         };
+        if question != (incarnation, recovery.round) {
+            return; // an answer to an older question: its facts may have changed since
+        }
         recovery.answers.insert(from, (term, peer_recovering));
-        let answered = recovery.answers.len();
+        let intact: Vec<Term> = recovery.answers.values().filter(|(_, r)| !r).map(|(t, _)| *t).collect();
+        let answered = intact.len();
         let recovering_nodes = 1 + recovery.answers.values().filter(|(_, r)| *r).count();
-        let known_term = recovery.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
+        // Only an intact node's term is known to cover what a quorum did.
+        let known_term = intact.iter().copied().max().unwrap_or(0);
         let learned = recovery.learned_term;
         let members = self.config.members.len();
         if learned.is_none() && answered >= self.probe_answers_needed() {
@@ -631,8 +649,14 @@ impl RaftCore {
 
     /// After a successful append from the leader of the current term: notes
     /// how far this node's log now provably holds what the leader committed.
-    fn note_caught_up(&mut self, leader_commit: LogIndex, match_index: LogIndex) {
+    /// Only an append the leader sent after it heard this incarnation counts:
+    /// an older one may carry a commit index from before an entry that this
+    /// node acknowledged and then lost.
+    fn note_caught_up(&mut self, leader_commit: LogIndex, match_index: LogIndex, follower_incarnation: u64) {
         let term = self.hard.term;
+        if follower_incarnation != self.config.incarnation {
+            return;
+        }
         let Some(recovery) = self.recovery.as_mut() else {
             return;
         };
@@ -725,6 +749,7 @@ impl RaftCore {
             leader_commit: self.commit,
             read_round: self.read_round,
             trim_to: self.trim_to,
+            follower_incarnation: self.progress.get(&peer).map_or(0, |p| p.incarnation),
         };
         let envelope = self.envelope(peer, message);
         self.ready.messages.push(envelope);
@@ -796,6 +821,7 @@ impl RaftCore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_append_response(
         &mut self,
         from: NodeId,
@@ -804,6 +830,7 @@ impl RaftCore {
         hint: LogIndex,
         read_round: u64,
         flushed: LogIndex,
+        incarnation: u64,
     ) {
         if self.role != Role::Leader {
             return;
@@ -812,6 +839,16 @@ impl RaftCore {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
+        if incarnation != 0 {
+            if incarnation < progress.incarnation {
+                return; // sent before the follower restarted: what it claims may be lost
+            }
+            if incarnation > progress.incarnation && progress.incarnation != 0 {
+                // The follower restarted: it may have lost entries it had matched.
+                progress.match_index = 0;
+            }
+            progress.incarnation = incarnation;
+        }
         progress.recently_active = true;
         progress.active_since_trim = true;
         progress.flushed_index = progress.flushed_index.max(flushed);
@@ -878,18 +915,24 @@ impl RaftCore {
                 // deposed leader that this node, before its loss, had already
                 // left behind. Take nothing from it; the leader will retry.
             }
-            PeerMessage::TermProbe => {
+            PeerMessage::TermProbe { incarnation, round } => {
                 let reply = self.envelope(
                     from,
                     PeerMessage::TermProbeReply {
+                        incarnation,
+                        round,
                         recovering: self.recovery.is_some(),
                     },
                 );
                 // It carries our term, which the probe may just have raised.
                 self.ready.after_persist.push(reply);
             }
-            PeerMessage::TermProbeReply { recovering } => {
-                self.on_term_probe_reply(from, envelope.term, recovering);
+            PeerMessage::TermProbeReply {
+                incarnation,
+                round,
+                recovering,
+            } => {
+                self.on_term_probe_reply(from, envelope.term, (incarnation, round), recovering);
             }
             PeerMessage::AppendEntries {
                 prev_log_index,
@@ -898,6 +941,7 @@ impl RaftCore {
                 leader_commit,
                 read_round,
                 trim_to,
+                follower_incarnation,
             } => {
                 if stale {
                     // Invariant 3: tell the old leader our term; change nothing.
@@ -911,6 +955,7 @@ impl RaftCore {
                         leader_commit,
                         read_round,
                         trim_to,
+                        follower_incarnation,
                     );
                 }
             }
@@ -920,9 +965,10 @@ impl RaftCore {
                 hint,
                 read_round,
                 flushed_index,
+                incarnation,
             } => {
                 if !stale {
-                    self.on_append_response(from, success, match_index, hint, read_round, flushed_index);
+                    self.on_append_response(from, success, match_index, hint, read_round, flushed_index, incarnation);
                 }
             }
             PeerMessage::InstallSnapshot {
@@ -937,13 +983,17 @@ impl RaftCore {
                     self.on_install_snapshot(from, last_index, last_term, data, read_round);
                 }
             }
-            PeerMessage::SnapshotResponse { last_index, read_round } => {
+            PeerMessage::SnapshotResponse {
+                last_index,
+                read_round,
+                incarnation,
+            } => {
                 if !stale && self.role == Role::Leader {
                     if let Some(progress) = self.progress.get_mut(&from) {
                         progress.snapshot_requested_at = None;
                     }
                     // The follower now holds everything up to the snapshot, durably.
-                    self.on_append_response(from, true, last_index, 0, read_round, last_index);
+                    self.on_append_response(from, true, last_index, 0, read_round, last_index, incarnation);
                 }
             }
         }
@@ -975,6 +1025,7 @@ impl RaftCore {
             hint,
             read_round,
             flushed_index: self.flushed,
+            incarnation: self.config.incarnation,
         };
         let reply = self.envelope(to, message);
         // A success claims durability of the entries it matched, so it waits for the disk.
@@ -1000,6 +1051,7 @@ impl RaftCore {
         leader_commit: LogIndex,
         read_round: u64,
         trim_to: LogIndex,
+        follower_incarnation: u64,
     ) {
         if self.role == Role::Leader {
             // Two leaders in one term cannot happen; refuse rather than corrupt.
@@ -1070,7 +1122,7 @@ impl RaftCore {
         }
         self.advance_commit(leader_commit.min(match_index));
         self.compact(trim_to);
-        self.note_caught_up(leader_commit, match_index);
+        self.note_caught_up(leader_commit, match_index, follower_incarnation);
         self.reply_append(leader, true, match_index, 0, read_round);
     }
 
@@ -1086,6 +1138,7 @@ impl RaftCore {
                 PeerMessage::SnapshotResponse {
                     last_index: self.commit,
                     read_round,
+                    incarnation: self.config.incarnation,
                 },
             );
             self.ready.after_persist.push(reply);
@@ -1111,6 +1164,7 @@ impl RaftCore {
             PeerMessage::SnapshotResponse {
                 last_index: index,
                 read_round,
+                incarnation: self.config.incarnation,
             },
         );
         self.ready.after_persist.push(reply);

@@ -14,8 +14,12 @@ fn config(id: NodeId, members: &[NodeId]) -> CoreConfig {
         max_batch_bytes: 1 << 20,
         max_inflight_entries: 1024,
         snapshot_retry_rounds: 5,
+        incarnation: INCARNATION,
     }
 }
+
+/// Every test core's incarnation; appends in tests are addressed to it.
+const INCARNATION: u64 = 7;
 
 fn entry(index: LogIndex, term: Term) -> Entry {
     Entry {
@@ -86,6 +90,7 @@ fn append(
             leader_commit: commit,
             read_round: 0,
             trim_to: 0,
+            follower_incarnation: INCARNATION,
         },
     )
 }
@@ -314,6 +319,7 @@ fn append_response(from: NodeId, to: NodeId, term: Term, success: bool, match_in
             hint: 0,
             read_round: 0,
             flushed_index: 0,
+            incarnation: INCARNATION,
         },
     )
 }
@@ -414,6 +420,7 @@ fn read_waits_for_a_majority_round_started_after_it() {
                 hint: 0,
                 read_round,
                 flushed_index: 0,
+                incarnation: INCARNATION,
             },
         )
     };
@@ -630,17 +637,25 @@ fn recovering_core(id: NodeId, members: &[NodeId], term: Term, entries: Vec<Entr
         voted_for: None,
         recovering: true,
     };
-    let durable = entries.last().map_or(0, |e| e.index);
     let mut core = RaftCore::new(config(id, members), hard, MemLog::new(0, 0, entries), 0);
-    if durable > 0 {
-        let term = core.log().term(durable).unwrap_or(0);
-        core.persisted(durable, term);
-    }
+    // Its first election timeout sends probe round 1.
+    core.election_timeout();
+    core.take_ready();
     core
 }
 
+/// An answer to probe round 1 of the test incarnation.
 fn probe_reply(from: NodeId, to: NodeId, term: Term, recovering: bool) -> PeerEnvelope {
-    envelope(from, to, term, PeerMessage::TermProbeReply { recovering })
+    envelope(
+        from,
+        to,
+        term,
+        PeerMessage::TermProbeReply {
+            incarnation: INCARNATION,
+            round: 1,
+            recovering,
+        },
+    )
 }
 
 #[test]
@@ -658,7 +673,13 @@ fn a_node_that_lost_durable_state_neither_votes_nor_campaigns_but_probes() {
     let probed: Vec<NodeId> = ready
         .messages
         .iter()
-        .filter(|m| m.message == PeerMessage::TermProbe)
+        .filter(|m| {
+            m.message
+                == PeerMessage::TermProbe {
+                    incarnation: INCARNATION,
+                    round: 2,
+                }
+        })
         .map(|m| m.to)
         .collect();
     assert_eq!(probed, vec![2, 3]);
@@ -756,7 +777,15 @@ fn recovery_is_given_up_when_no_quorum_of_intact_nodes_exists() {
 #[test]
 fn every_node_answers_a_term_probe_after_persisting_its_term() {
     let mut node = core_with_log(2, &[1, 2, 3], 3, vec![]);
-    node.step(envelope(1, 2, 5, PeerMessage::TermProbe));
+    node.step(envelope(
+        1,
+        2,
+        5,
+        PeerMessage::TermProbe {
+            incarnation: 3,
+            round: 9,
+        },
+    ));
     let ready = node.take_ready();
     assert_eq!(ready.hard_state.map(|h| h.term), Some(5));
     assert!(ready.messages.is_empty());
@@ -764,6 +793,121 @@ fn every_node_answers_a_term_probe_after_persisting_its_term() {
     assert_eq!(ready.after_persist[0].term, 5);
     assert_eq!(
         ready.after_persist[0].message,
-        PeerMessage::TermProbeReply { recovering: false }
+        PeerMessage::TermProbeReply {
+            incarnation: 3,
+            round: 9,
+            recovering: false
+        }
     );
+}
+
+#[test]
+fn only_fresh_answers_from_intact_peers_tell_the_term() {
+    let mut node = recovering_core(1, &[1, 2, 3, 4, 5], 4, vec![entry(1, 1)]);
+    // An answer to another round, or another incarnation's question, is ignored.
+    let stale_round = PeerMessage::TermProbeReply {
+        incarnation: INCARNATION,
+        round: 0,
+        recovering: false,
+    };
+    let other_incarnation = PeerMessage::TermProbeReply {
+        incarnation: INCARNATION - 1,
+        round: 1,
+        recovering: false,
+    };
+    node.step(envelope(2, 1, 4, stale_round));
+    node.step(envelope(3, 1, 4, other_incarnation));
+    // A recovering peer's answer does not count: its term may be among what it lost.
+    node.step(probe_reply(4, 1, 4, true));
+    node.step(probe_reply(5, 1, 4, false));
+    node.step(probe_reply(2, 1, 4, false));
+    assert_eq!(node.take_ready().hard_state, None, "two intact answers of three needed");
+    node.step(probe_reply(3, 1, 6, false));
+    let hard = node.take_ready().hard_state.expect("the term is learned");
+    assert_eq!((hard.term, hard.voted_for, hard.recovering), (6, Some(1), true));
+    // A new round forgets the old answers.
+    let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1)]);
+    node.step(probe_reply(2, 1, 4, false));
+    node.election_timeout();
+    node.take_ready();
+    node.step(probe_reply(3, 1, 4, false));
+    assert_eq!(
+        node.take_ready().hard_state,
+        None,
+        "the round-1 answer of node 2 no longer counts"
+    );
+}
+
+#[test]
+fn recovery_ends_only_on_an_append_addressed_to_this_incarnation() {
+    let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1), entry(2, 4)]);
+    node.step(probe_reply(2, 1, 4, false));
+    node.step(probe_reply(3, 1, 4, false));
+    node.take_ready();
+    // A heartbeat the leader sent before it heard this incarnation: its commit
+    // index may predate an entry this node acknowledged and lost.
+    let mut old = append(2, 1, 4, (2, 4), vec![], 2);
+    if let PeerMessage::AppendEntries {
+        follower_incarnation, ..
+    } = &mut old.message
+    {
+        *follower_incarnation = INCARNATION - 1;
+    }
+    node.step(old);
+    assert!(append_reply(&node.take_ready()).is_some_and(|r| r.0));
+    assert!(node.is_recovering());
+    node.step(append(2, 1, 4, (2, 4), vec![], 2));
+    assert!(!node.is_recovering());
+}
+
+#[test]
+fn a_leader_drops_answers_from_before_a_follower_restarted() {
+    let mut leader = core_with_log(1, &[1, 2, 3], 1, vec![]);
+    leader.election_timeout();
+    leader.step(envelope(2, 1, 2, PeerMessage::VoteResponse { granted: true }));
+    assert_eq!(leader.role(), Role::Leader);
+    leader.persisted(1, 2);
+    leader.take_ready();
+    let index = leader.propose(Command::Noop, 9).expect("leader").0;
+    leader.persisted(index, 2);
+    leader.take_ready();
+    let answer = |incarnation, match_index| {
+        envelope(
+            3,
+            1,
+            2,
+            PeerMessage::AppendResponse {
+                success: true,
+                match_index,
+                hint: 0,
+                read_round: 0,
+                flushed_index: 0,
+                incarnation,
+            },
+        )
+    };
+    // Node 3 answers from its new incarnation (it matched only the no-op)...
+    leader.step(answer(20, 1));
+    assert_eq!(leader.commit_index(), 1);
+    // ... then an answer it sent before it restarted arrives: not counted.
+    leader.step(answer(10, index));
+    assert_eq!(leader.commit_index(), 1, "a pre-restart answer committed an entry");
+    leader.step(answer(20, index));
+    assert_eq!(leader.commit_index(), index);
+    // The appends now carry the incarnation heard.
+    leader.propose(Command::Noop, 10);
+    leader.replicate();
+    let to_3 = leader
+        .take_ready()
+        .messages
+        .into_iter()
+        .find(|m| m.to == 3)
+        .expect("an append to node 3");
+    assert!(matches!(
+        to_3.message,
+        PeerMessage::AppendEntries {
+            follower_incarnation: 20,
+            ..
+        }
+    ));
 }

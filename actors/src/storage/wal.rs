@@ -91,6 +91,10 @@ pub struct Wal {
     /// Reused across appends so a busy log does not allocate per batch.
     buf: Vec<u8>,
     poisoned: bool,
+    /// Bytes were appended since the last fsync. A sync with nothing new is
+    /// skipped: a follower answering a read round or a heartbeat has nothing
+    /// to make durable, and an fsync would cost it a disk flush.
+    unsynced: bool,
 }
 
 impl Wal {
@@ -125,8 +129,11 @@ impl Wal {
                 "write-ahead log has a torn or corrupt tail; truncating it"
             );
             file.set_len(valid)?;
-            file.sync_all()?;
         }
+        // What a killed process wrote may still be only in the page cache: the
+        // core will count all of it as durable, so make it so before anything
+        // is acknowledged on that basis.
+        file.sync_all()?;
 
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -134,6 +141,7 @@ impl Wal {
             len: valid,
             buf: Vec::new(),
             poisoned: false,
+            unsynced: false,
         };
         Ok((wal, recovered))
     }
@@ -153,6 +161,7 @@ impl Wal {
             return Err(e.into());
         }
         self.len += self.buf.len() as u64;
+        self.unsynced |= !self.buf.is_empty();
         self.buf.clear();
         self.buf.shrink_to(KEEP_BUF_BYTES);
         Ok(())
@@ -161,11 +170,15 @@ impl Wal {
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.check_usable()?;
+        if !self.unsynced {
+            return Ok(());
+        }
         if let Err(e) = self.file.sync_data() {
             // A retried fsync can report success for pages the kernel already dropped.
             self.poisoned = true;
             return Err(e.into());
         }
+        self.unsynced = false;
         Ok(())
     }
 
@@ -206,6 +219,8 @@ impl Wal {
         match result {
             Ok(file) => {
                 self.file = file;
+                // The new file was synced before its rename; the old one's unsynced tail is in it.
+                self.unsynced = false;
                 self.len = self.buf.len() as u64;
                 self.buf.clear();
                 self.buf.shrink_to(KEEP_BUF_BYTES);
