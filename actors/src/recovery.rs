@@ -22,6 +22,8 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error("state: {0}")]
     State(#[from] StateError),
+    #[error("cannot record this start's incarnation in the data folder: {0}")]
+    Incarnation(#[from] std::io::Error),
     #[error(
         "the state store is at index {applied} but the log starts after {start}: entries in between are lost; \
          refusing to start (restore the data folder or wipe it to rejoin as a new node)"
@@ -99,7 +101,7 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         snapshot_retry_rounds: (2 * settings.election_timeout.as_millis()
             / settings.heartbeat_interval.as_millis().max(1))
         .max(3) as u64,
-        incarnation: start_incarnation(),
+        incarnation: start_incarnation(&settings.data_dir)?,
     };
     let core = RaftCore::new(config, from_wal.hard_state, log, applied);
     let state = StateMachine::from_stored(stored)?;
@@ -111,12 +113,51 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
     })
 }
 
-/// This start's incarnation: the wall clock in microseconds, which grows from
-/// one start to the next (a restart takes far longer than any clock step a
-/// synchronized clock makes). Never 0, which means "unknown" on the wire.
-fn start_incarnation() -> u64 {
-    std::time::SystemTime::now()
+/// Where the last start's incarnation is kept.
+const INCARNATION_FILE: &str = "incarnation";
+
+/// This start's incarnation: above the last start's (kept in the data folder),
+/// and normally the wall clock in microseconds, so that a lost or damaged file
+/// still gives a number above every earlier start unless the clock went back
+/// too. Never 0, which means "unknown" on the wire. Written durably before the
+/// node says anything, since leaders drop answers from a lower incarnation.
+fn start_incarnation(dir: &std::path::Path) -> Result<u64, std::io::Error> {
+    let path = dir.join(INCARNATION_FILE);
+    let last = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
-        .max(1)
+        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+    let incarnation = clock.max(last.saturating_add(1)).max(1);
+    let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, incarnation.to_string().as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(incarnation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_start_has_a_higher_incarnation_even_if_the_clock_went_back() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let first = start_incarnation(dir.path()).expect("first");
+        let second = start_incarnation(dir.path()).expect("second");
+        assert!(second > first, "{second} after {first}");
+        // A clock far behind the last start (the file says a later time).
+        let ahead = u64::MAX / 2;
+        std::fs::write(dir.path().join(INCARNATION_FILE), ahead.to_string()).expect("write");
+        assert_eq!(start_incarnation(dir.path()).expect("third"), ahead + 1);
+        // A damaged file falls back to the clock.
+        std::fs::write(dir.path().join(INCARNATION_FILE), "garbage").expect("write");
+        assert!(start_incarnation(dir.path()).expect("fourth") > 1);
+    }
 }

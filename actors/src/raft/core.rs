@@ -843,8 +843,9 @@ impl RaftCore {
             if incarnation < progress.incarnation {
                 return; // sent before the follower restarted: what it claims may be lost
             }
-            if incarnation > progress.incarnation && progress.incarnation != 0 {
-                // The follower restarted: it may have lost entries it had matched.
+            if incarnation > progress.incarnation {
+                // The follower restarted (or is heard from for the first time):
+                // it may have lost entries it had matched.
                 progress.match_index = 0;
             }
             progress.incarnation = incarnation;

@@ -109,12 +109,11 @@ impl Wal {
         }
 
         let path = dir.join(WAL_FILE);
-        let existed = path.try_exists()?;
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        if !existed {
-            // The new file's directory entry must be durable, or synced records could vanish with it.
-            sync_dir(dir)?;
-        }
+        // The file's directory entry must be durable, or synced records could
+        // vanish with it: a new file, or a rewrite whose rename a killed
+        // process never synced, would bring the old file back after a power cut.
+        sync_dir(dir)?;
 
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
