@@ -604,25 +604,11 @@ impl RaftCore {
         let recovering_nodes = 1 + recovery.answers.values().filter(|(_, r)| *r).count();
         // Only an intact node's term is known to cover what a quorum did.
         let known_term = intact.iter().copied().max().unwrap_or(0);
+        let any_term = recovery.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
         let learned = recovery.learned_term;
         let members = self.config.members.len();
         if learned.is_none() && answered >= self.probe_answers_needed() {
-            // Take the cluster's term with the vote spent: a vote this node cast
-            // in that term may be among what it lost.
-            let term = known_term.max(self.hard.term);
-            let voted_for = if term == self.hard.term {
-                self.hard.voted_for.or(Some(self.config.id))
-            } else {
-                Some(self.config.id)
-            };
-            if term > self.hard.term {
-                self.become_follower(term, None);
-            }
-            self.set_hard_state(HardState {
-                term,
-                voted_for,
-                recovering: true,
-            });
+            let term = self.spend_vote_in(known_term);
             if let Some(recovery) = self.recovery.as_mut() {
                 recovery.learned_term = Some(term);
             }
@@ -634,7 +620,11 @@ impl RaftCore {
         }
         if members - recovering_nodes < self.quorum() {
             // No quorum of intact nodes exists: nobody can restore what was lost,
-            // and waiting would stop the cluster for good.
+            // and waiting would stop the cluster for good. The vote stays spent
+            // in the highest term heard, at least.
+            if learned.is_none() {
+                self.spend_vote_in(any_term);
+            }
             tracing::warn!(
                 recovering_nodes,
                 members,
@@ -645,6 +635,26 @@ impl RaftCore {
             return;
         }
         self.maybe_end_recovery();
+    }
+
+    /// Moves to `term` (if higher) with the vote spent: a vote this node cast
+    /// in that term may be among what it lost. Returns the term it is in.
+    fn spend_vote_in(&mut self, term: Term) -> Term {
+        let term = term.max(self.hard.term);
+        let voted_for = if term == self.hard.term {
+            self.hard.voted_for.or(Some(self.config.id))
+        } else {
+            Some(self.config.id)
+        };
+        if term > self.hard.term {
+            self.become_follower(term, None);
+        }
+        self.set_hard_state(HardState {
+            term,
+            voted_for,
+            recovering: self.hard.recovering,
+        });
+        term
     }
 
     /// After a successful append from the leader of the current term: notes

@@ -762,6 +762,10 @@ fn recovery_is_given_up_when_no_quorum_of_intact_nodes_exists() {
     node.step(probe_reply(2, 1, 4, true));
     assert!(!node.is_recovering());
     node.take_ready();
+    // Its vote in the highest term heard stays spent: it may have cast it already.
+    assert_eq!(node.hard_state().voted_for, Some(1));
+    node.step(vote_request(3, 1, 4, 9, 9));
+    assert_eq!(granted(&node.take_ready()), Some(false));
     // It keeps its vote spent in the term it learned, and campaigns in the next.
     node.election_timeout();
     assert_eq!(node.role(), Role::Candidate);
