@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::validate::{check_key, check_value, InvalidInput, MAX_KEY_BYTES, MAX_VALUE_BYTES};
-use crate::{lock, Client, ClientConfig, Error};
+use crate::{error_chain, lock, Client, ClientConfig, Error};
 
 /// Success: `kv_get` found the key, `kv_put` replaced a value; also `kv_init`
 /// and `kv_shutdown` succeeding.
@@ -90,18 +90,6 @@ fn guarded(body: impl FnOnce() -> c_int) -> c_int {
 /// A line on stderr; a closed stderr is ignored, never a panic.
 fn say_err(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// An error and its causes, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 fn report(function: &str, error: &dyn std::error::Error) {

@@ -112,6 +112,19 @@ pub enum Error {
     Wire(#[from] WireError),
 }
 
+/// An error and its causes on one line (`a: b: c`), as `{:#}` prints an
+/// anyhow chain: for messages on stderr and in `kvctl`'s output.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// A handle to a kvs cluster. Cheap to clone; all clones share one connection
 /// and one exactly-once session, and may be used from many tasks at once.
 #[derive(Clone)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kv::{Client, ClientConfig};
+use kv::{error_chain, Client, ClientConfig};
 use serde_json::json;
 
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002";
@@ -97,18 +97,6 @@ fn config_of(cli: &Cli) -> ClientConfig {
     config.request_timeout = timeout;
     config.connect_timeout = config.connect_timeout.min(timeout);
     config
-}
-
-/// An error and its causes on one line, as `{:#}` prints an anyhow chain.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// One status line, aligned for reading in a terminal.
