@@ -18,17 +18,25 @@
 static char key[] = "RecoveryKey";
 static char expected[] = "Yesssir";
 
-static int put_phase(char **servers) {
-    char old[KV_MAX_VALUE_BYTES + 1];
-    char value[KV_MAX_VALUE_BYTES + 1];
-    int rc;
-
+/* kv_init with the original's messages; 0 on success. */
+static int init(char **servers) {
     printf("Initializing the key-value store\n");
     if (kv_init(servers) != 0) {
         printf("kv_init failed.\n");
         return 1;
     }
     printf("kv_init succeeded.\n");
+    return 0;
+}
+
+static int put_phase(char **servers) {
+    char old[KV_MAX_VALUE_BYTES + 1];
+    char value[KV_MAX_VALUE_BYTES + 1];
+    int rc;
+
+    if (init(servers) != 0) {
+        return 1;
+    }
     printf("Putting the key-value pair\n");
     rc = kv_put(key, expected, old);
     if (rc != 0 && rc != 1) {
@@ -53,12 +61,9 @@ static int get_phase(char **servers) {
     char value[KV_MAX_VALUE_BYTES + 1];
     int rc;
 
-    printf("Initializing the key-value store\n");
-    if (kv_init(servers) != 0) {
-        printf("kv_init failed.\n");
+    if (init(servers) != 0) {
         return 1;
     }
-    printf("kv_init succeeded.\n");
     memset(value, 0, sizeof value);
     rc = kv_get(key, value);
     kv_shutdown();

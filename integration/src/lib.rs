@@ -37,6 +37,7 @@ pub mod chaos;
 pub mod linearizability;
 pub mod proxy;
 pub mod raw;
+pub mod scenarios;
 
 pub use client;
 pub use protocol;

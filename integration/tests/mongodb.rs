@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use integration::{assert_all_readable, free_ports, pairs, put_all, Engine, TestCluster, Timers};
+use integration::{assert_all_readable, free_ports, pairs, put_all, scenarios, Engine, TestCluster, Timers};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 
@@ -219,48 +219,7 @@ async fn mongodb_full_restart_keeps_every_acknowledged_write() {
     let Some(uri) = test_uri() else { return };
     let mongo = mongo(&uri).await;
     let mut cluster = TestCluster::start_with_engine("mongo-restart", 3, Timers::default(), &engine(&uri));
-    let bound = cluster.timers().election_bound();
-    let (leader, _) = cluster.wait_for_leader(bound).await;
-    let client = cluster.client();
-
-    let mut written = put_all(&client, pairs("first", 0..60)).await;
-    for i in 0..10 {
-        let key = format!("first-{i:05}");
-        client.put(&key, "overwritten").await.expect("overwrite");
-        written.insert(key, "overwritten".into());
-    }
-    for i in 10..15 {
-        let key = format!("first-{i:05}");
-        assert!(client.delete(&key).await.expect("delete").is_some());
-        written.remove(&key);
-    }
-
-    // Hard kills: whatever was not flushed to MongoDB yet comes back from the logs.
-    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
-    cluster.kill(leader);
-    cluster.kill(followers[0]);
-    let status = cluster.stop(followers[1]);
-    assert!(status.success(), "node {} exited with {status}", followers[1]);
-    for id in cluster.ids() {
-        cluster.restart(id);
-    }
-    cluster.wait_for_leader(bound).await;
-    assert_all_readable(&client, &written).await;
-    for i in 10..15 {
-        let key = format!("first-{i:05}");
-        assert_eq!(client.get(&key).await.expect("get"), None, "deleted key {key} is back");
-    }
-
-    written.extend(put_all(&client, pairs("second", 0..30)).await);
-    for id in cluster.ids() {
-        let status = cluster.stop(id);
-        assert!(status.success(), "node {id} exited with {status} on SIGTERM");
-    }
-    for id in cluster.ids() {
-        cluster.restart(id);
-    }
-    cluster.wait_for_leader(bound).await;
-    assert_all_readable(&client, &written).await;
+    let written = scenarios::full_restart_keeps_every_acknowledged_write(&mut cluster).await;
     for id in cluster.ids() {
         wait_store_holds(&mut cluster, &mongo, id, &written).await;
     }
