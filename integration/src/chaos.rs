@@ -353,13 +353,14 @@ fn signal(pid: u32, which: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Cuts the last `bytes` bytes of a WAL (a write torn by the crash).
+/// Cuts the last `bytes` bytes of a WAL's records (a write torn by the crash).
 fn tear_tail(path: &std::path::Path, bytes: u64) -> bool {
+    let Ok(content) = std::fs::read(path) else { return false };
+    let end = crate::wal_records(&content).last().map_or(0, |r| r.end) as u64;
     let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
         return false;
     };
-    let Ok(meta) = file.metadata() else { return false };
-    file.set_len(meta.len().saturating_sub(bytes)).is_ok()
+    file.set_len(end.saturating_sub(bytes)).is_ok()
 }
 
 /// One chaos run. Never panics on a violation: the report says what broke.

@@ -851,6 +851,24 @@ pub fn resident_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The byte range of every whole record of a WAL file, each
+/// `[u32 LE length][u32 LE CRC-32][payload]`, up to the zero length that ends
+/// them: the rest of a healthy file is zeroed preallocation.
+pub fn wal_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    let mut pos = 0;
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let end = pos + 8 + len;
+        if len == 0 || end > bytes.len() {
+            break;
+        }
+        found.push(pos..end);
+        pos = end;
+    }
+    found
+}
+
 /// Opens a file for reading and writing, for tests that damage a node's files.
 pub fn open_rw(path: &Path) -> File {
     OpenOptions::new()

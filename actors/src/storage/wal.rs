@@ -13,6 +13,18 @@
 //! (compact MessagePack) and the CRC is `crc32fast`'s (IEEE). A payload is at
 //! most [`MAX_RECORD_BYTES`].
 //!
+//! # Preallocation
+//!
+//! The file is grown ahead of the records in steps of [`PREALLOC_BYTES`] of
+//! written zeros, and records are written into that zeroed space. An fsync
+//! then only has the new data to write: the file's size and block map do not
+//! change, so the inode is not written with every commit (measured: a small
+//! fdatasync takes about a quarter less time, and the whole write path with it).
+//! The end of the records is therefore marked by a zero length, which no
+//! record has (a payload is a non-empty MessagePack value). Invariant: every
+//! byte after the last record is zero. Open checks it; a tail that breaks it
+//! is cut like any torn tail.
+//!
 //! # Replay
 //!
 //! Records are applied in file order: the last `HardState` wins, `LogStart`
@@ -29,6 +41,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use protocol::{Entry, LogIndex, Term};
@@ -41,6 +54,11 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
 const WAL_FILE: &str = "wal.log";
 const TMP_FILE: &str = "wal.log.tmp";
+/// How far ahead of the records the file is grown with zeros. Growing stalls
+/// the writer for one write and fsync of this many bytes (about 2 ms here).
+/// Measured at 64 clients, 4 MiB steps made p99.9 worse; 256 KiB and 1 MiB
+/// steps did not differ beyond noise.
+pub const PREALLOC_BYTES: u64 = 1024 * 1024;
 /// Capacity the reusable buffer keeps between calls; one huge batch should not pin its memory.
 const KEEP_BUF_BYTES: usize = 1024 * 1024;
 
@@ -80,14 +98,18 @@ pub struct Recovered {
     pub start_term: Term,
     /// The log after the start point: contiguous, in index order.
     pub entries: Vec<Entry>,
-    /// Bytes of torn or corrupt tail that were cut off.
+    /// Bytes cut off after the valid records: a torn or corrupt tail, with
+    /// the zeros after it. Zero when the records end cleanly.
     pub truncated_bytes: u64,
 }
 
 pub struct Wal {
     dir: PathBuf,
     file: File,
+    /// End of the records: where the next one is written.
     len: u64,
+    /// Size of the file; `len..allocated` is zeros.
+    allocated: u64,
     /// Reused across appends so a busy log does not allocate per batch.
     buf: Vec<u8>,
     poisoned: bool,
@@ -109,7 +131,12 @@ impl Wal {
         }
 
         let path = dir.join(WAL_FILE);
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
         // The file's directory entry must be durable, or synced records could
         // vanish with it: a new file, or a rewrite whose rename a killed
         // process never synced, would bring the old file back after a power cut.
@@ -119,7 +146,11 @@ impl Wal {
         file.read_to_end(&mut bytes)?;
         let (mut recovered, valid) = replay(&bytes);
         let total = bytes.len() as u64;
-        if valid < total {
+        let mut allocated = total;
+        let tail = &bytes[valid as usize..];
+        if tail.iter().any(|&byte| byte != 0) {
+            // Not the zeros preallocation leaves: a torn or corrupt record. Cut
+            // it, zeros included, so no stale record can ever follow new ones.
             recovered.truncated_bytes = total - valid;
             tracing::warn!(
                 path = %path.display(),
@@ -128,6 +159,7 @@ impl Wal {
                 "write-ahead log has a torn or corrupt tail; truncating it"
             );
             file.set_len(valid)?;
+            allocated = valid;
         }
         // What a killed process wrote may still be only in the page cache: the
         // core will count all of it as durable, so make it so before anything
@@ -138,6 +170,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             file,
             len: valid,
+            allocated,
             buf: Vec::new(),
             poisoned: false,
             unsynced: false,
@@ -152,10 +185,15 @@ impl Wal {
         for record in records {
             encode_into(&mut self.buf, record)?;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        let end = self.len + self.buf.len() as u64;
+        let written = self
+            .grow_to(end)
+            .and_then(|()| self.file.write_all_at(&self.buf, self.len));
+        if let Err(e) = written {
             // A partial record left in place would make replay drop every later record, so cut it.
-            if self.file.set_len(self.len).is_err() {
-                self.poisoned = true;
+            match self.file.set_len(self.len) {
+                Ok(()) => self.allocated = self.len,
+                Err(_) => self.poisoned = true,
             }
             return Err(e.into());
         }
@@ -163,6 +201,19 @@ impl Wal {
         self.unsynced |= !self.buf.is_empty();
         self.buf.clear();
         self.buf.shrink_to(KEEP_BUF_BYTES);
+        Ok(())
+    }
+
+    /// Makes sure the file holds zeros up to at least `end`, growing it a step ahead.
+    fn grow_to(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let target = end + PREALLOC_BYTES;
+        write_zeros(&self.file, self.allocated, target)?;
+        self.allocated = target;
+        // The new size must reach the disk with the next fsync even if no record does.
+        self.unsynced = true;
         Ok(())
     }
 
@@ -206,21 +257,25 @@ impl Wal {
 
         let tmp = self.dir.join(TMP_FILE);
         let path = self.dir.join(WAL_FILE);
+        let len = self.buf.len() as u64;
+        let allocated = len + PREALLOC_BYTES;
         {
             let mut out = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             out.write_all(&self.buf)?;
+            write_zeros(&out, len, allocated)?;
             out.sync_all()?;
         }
         // Up to here a failure leaves the old file in charge; from the rename on it does not.
         let result = fs::rename(&tmp, &path)
             .and_then(|()| sync_dir(&self.dir))
-            .and_then(|()| OpenOptions::new().read(true).append(true).open(&path));
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&path));
         match result {
             Ok(file) => {
                 self.file = file;
                 // The new file was synced before its rename; the old one's unsynced tail is in it.
                 self.unsynced = false;
-                self.len = self.buf.len() as u64;
+                self.len = len;
+                self.allocated = allocated;
                 self.buf.clear();
                 self.buf.shrink_to(KEEP_BUF_BYTES);
                 Ok(())
@@ -232,7 +287,7 @@ impl Wal {
         }
     }
 
-    /// Current file length in bytes.
+    /// Length of the records in bytes (the file is longer by its zeroed preallocation).
     pub fn len_bytes(&self) -> u64 {
         self.len
     }
@@ -299,12 +354,26 @@ fn replay(bytes: &[u8]) -> (Recovered, u64) {
     (rec, pos as u64)
 }
 
-/// Decodes the record at `pos`, with the offset after it; `None` if it is missing, torn or corrupt.
+/// Writes zeros over `from..to` of `file` (real blocks, not a hole: a hole
+/// would be allocated, and the inode written, by the first fsync into it).
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Decodes the record at `pos`, with the offset after it; `None` if it is
+/// missing, torn or corrupt, or if `pos` is the end (a zero length).
 fn read_record(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     let header = bytes.get(pos..pos.checked_add(HEADER_BYTES)?)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len > MAX_RECORD_BYTES {
+    if len == 0 || len > MAX_RECORD_BYTES {
         return None;
     }
     let start = pos + HEADER_BYTES;
@@ -365,16 +434,28 @@ mod tests {
         rec
     }
 
-    /// Record boundaries of the file, from its own framing.
+    /// Record boundaries of the file, from its own framing, up to the zero length that ends them.
     fn boundaries(bytes: &[u8]) -> Vec<usize> {
         let mut out = vec![0];
         let mut pos = 0;
-        while pos < bytes.len() {
+        while pos + HEADER_BYTES <= bytes.len() {
             let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
             pos += HEADER_BYTES + len;
             out.push(pos);
         }
         out
+    }
+
+    /// The file's records without the zeroed preallocation after them (checked to be zeros).
+    fn read_records(dir: &Path) -> Vec<u8> {
+        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let end = *boundaries(&bytes).last().unwrap();
+        assert!(bytes[end..].iter().all(|&b| b == 0), "non-zero bytes after the records");
+        bytes.truncate(end);
+        bytes
     }
 
     #[test]
@@ -398,7 +479,8 @@ mod tests {
         wal.append(&records(&[entry(4, 2)])).unwrap();
         wal.sync().unwrap();
         let len = wal.len_bytes();
-        assert_eq!(len, fs::metadata(wal_path(tmp.path())).unwrap().len());
+        assert_eq!(len, read_records(tmp.path()).len() as u64);
+        assert!(fs::metadata(wal_path(tmp.path())).unwrap().len() > len);
         drop(wal);
 
         let (wal, rec) = Wal::open(tmp.path()).unwrap();
@@ -459,7 +541,7 @@ mod tests {
         wal.append(&records(&entries(1..=3, 1))).unwrap();
         wal.sync().unwrap();
         drop(wal);
-        let full = fs::read(wal_path(dir)).unwrap();
+        let full = read_records(dir);
         let bounds = boundaries(&full);
         assert_eq!(bounds.len(), 5);
         let last_start = bounds[3];
@@ -500,7 +582,7 @@ mod tests {
         wal.append(&records(&entries(1..=3, 1))).unwrap();
         wal.sync().unwrap();
         drop(wal);
-        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let mut bytes = read_records(dir);
         let bounds = boundaries(&bytes);
         let last_start = bounds[2];
         let flip_at = bytes.len() - 2;
@@ -522,7 +604,7 @@ mod tests {
         wal.append(&[WalRecord::HardState(hard(5, Some(3)))]).unwrap();
         wal.sync().unwrap();
         drop(wal);
-        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let mut bytes = read_records(dir);
         let bounds = boundaries(&bytes);
         bytes[bounds[1] + HEADER_BYTES] ^= 0x80;
         fs::write(wal_path(dir), &bytes).unwrap();
@@ -549,13 +631,13 @@ mod tests {
             &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 2, 3],
             // Plausible length that runs past EOF.
             &[0x10, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1],
-            // Zeros, as a crash after a file extension can leave: empty payload whose CRC matches but does not decode.
-            &[0; 64],
+            // Zeros then something: not what preallocation leaves.
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             // Too short for a header.
             &[7, 7, 7],
         ];
         for tail in garbage_tails {
-            let mut bytes = fs::read(wal_path(dir)).unwrap();
+            let mut bytes = read_records(dir);
             bytes.extend_from_slice(tail);
             fs::write(wal_path(dir), &bytes).unwrap();
             let (wal, rec) = Wal::open(dir).unwrap();
@@ -568,6 +650,89 @@ mod tests {
     }
 
     #[test]
+    fn zeros_after_the_records_are_preallocation_not_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=2, 1))).unwrap();
+        wal.sync().unwrap();
+        let len = wal.len_bytes();
+        drop(wal);
+
+        let (mut wal, rec) = Wal::open(dir).unwrap();
+        assert_eq!(rec.entries, entries(1..=2, 1));
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(wal.len_bytes(), len);
+        // The next record goes right after the last one, into the zeros.
+        let size = fs::metadata(wal_path(dir)).unwrap().len();
+        wal.append(&records(&[entry(3, 1)])).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), size);
+        assert_eq!(reopen(dir).entries, entries(1..=3, 1));
+    }
+
+    #[test]
+    fn log_grows_past_its_preallocation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        let big = |index: LogIndex| Entry {
+            index,
+            term: 1,
+            request_id: 0,
+            command: Command::Put {
+                key: format!("k{index}"),
+                value: "v".repeat(100 * 1024),
+                session: None,
+            },
+        };
+        // About 2.5 preallocation steps, written a few records at a time.
+        let count = (PREALLOC_BYTES * 5 / 2 / (100 * 1024)) as LogIndex;
+        for first in (1..=count).step_by(7) {
+            let batch: Vec<Entry> = (first..=(first + 6).min(count)).map(big).collect();
+            wal.append(&records(&batch)).unwrap();
+            wal.sync().unwrap();
+        }
+        let len = wal.len_bytes();
+        drop(wal);
+        assert!(fs::metadata(wal_path(dir)).unwrap().len() > len);
+        let rec = reopen(dir);
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(rec.entries, (1..=count).map(big).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stale_record_after_the_zeros_is_cut_and_never_replayed() {
+        // A valid record beyond the end marker (a crash tore the batch before
+        // it) must not come back once new records fill the gap before it.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=2, 1))).unwrap();
+        wal.sync().unwrap();
+        let len = wal.len_bytes() as usize;
+        drop(wal);
+        let mut stale = Vec::new();
+        encode_into(&mut stale, &WalRecord::Entry(entry(3, 1))).unwrap();
+        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let at = len + stale.len();
+        bytes[at..at + stale.len()].copy_from_slice(&stale);
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let (mut wal, rec) = Wal::open(dir).unwrap();
+        assert_eq!(rec.entries, entries(1..=2, 1));
+        assert!(rec.truncated_bytes > 0);
+        // Exactly one record's worth fills the gap, so the stale one would line up.
+        wal.append(&records(&[entry(3, 2)])).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let rec = reopen(dir);
+        assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
     fn valid_checksum_with_undecodable_payload_is_truncated() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
@@ -576,7 +741,7 @@ mod tests {
         wal.sync().unwrap();
         drop(wal);
         let payload = [0xc1u8, 0x00, 0x01]; // 0xc1 is never used in MessagePack.
-        let mut bytes = fs::read(wal_path(dir)).unwrap();
+        let mut bytes = read_records(dir);
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         bytes.extend_from_slice(&payload);
@@ -598,8 +763,8 @@ mod tests {
         wal.append(&records(&[entry(4, 1)])).unwrap();
         wal.append(&[WalRecord::HardState(hard(9, Some(9)))]).unwrap();
         wal.sync().unwrap();
-        let total = wal.len_bytes();
         drop(wal);
+        let total = fs::metadata(wal_path(dir)).unwrap().len();
 
         let rec = reopen(dir);
         assert_eq!(rec.entries, entries(1..=2, 1));
@@ -616,8 +781,8 @@ mod tests {
         let good = wal.len_bytes();
         wal.append(&records(&[entry(5, 2)])).unwrap();
         wal.sync().unwrap();
-        let total = wal.len_bytes();
         drop(wal);
+        let total = fs::metadata(wal_path(dir)).unwrap().len();
 
         let rec = reopen(dir);
         assert_eq!((rec.start_index, rec.start_term), (5, 2));
@@ -637,7 +802,7 @@ mod tests {
 
         wal.rewrite(hard(4, Some(2)), 15, 1, &entries(16..=20, 1)).unwrap();
         assert!(wal.len_bytes() < before);
-        assert_eq!(wal.len_bytes(), fs::metadata(wal_path(dir)).unwrap().len());
+        assert_eq!(wal.len_bytes(), read_records(dir).len() as u64);
         assert!(!dir.join(TMP_FILE).exists());
         // Appends after a rewrite go to the new file.
         wal.append(&records(&[entry(21, 4)])).unwrap();
@@ -711,7 +876,12 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             fs::write(wal_path(dir), &bytes).unwrap();
             let (wal, rec) = Wal::open(dir).unwrap();
-            assert_eq!(wal.len_bytes() + rec.truncated_bytes, len as u64, "round {round}");
+            let valid = wal.len_bytes() as usize;
+            if bytes[valid..].iter().all(|&b| b == 0) {
+                assert_eq!(rec.truncated_bytes, 0, "round {round}");
+            } else {
+                assert_eq!(valid as u64 + rec.truncated_bytes, len as u64, "round {round}");
+            }
         }
     }
 
