@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _};
 
 use crate::report::RunResult;
 use crate::runner::{self, Length, RunSpec};
-use crate::services::{self, FsyncLatency};
+use crate::services::{self, Floor};
 use crate::target::{Etcd, Kvs, Redis, Target};
 use crate::workload::{Distribution, Mix, Workload};
 
@@ -106,11 +106,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     };
     eprintln!("work folder: {}", work.display());
 
-    let fsync = services::measure_fsync(&work, 2_000, 64).context("measuring fsync latency")?;
-    eprintln!(
-        "fsync (fdatasync of a 64-byte append) on this disk: p50 {:.0} us, mean {:.0} us, p99 {:.0} us",
-        fsync.p50_us, fsync.mean_us, fsync.p99_us
-    );
+    let floor = services::Floor::measure(&work, 2_000)?;
+    eprintln!("{}", floor.describe());
 
     let mut results = Vec::new();
     {
@@ -143,7 +140,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
 
     print!("{}", comparison_table(&results));
     println!();
-    print!("{}", goals(&results, &fsync));
+    print!("{}", goals(&results, &floor));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
@@ -296,7 +293,7 @@ pub fn comparison_table(results: &[RunResult]) -> String {
 }
 
 /// Where kvs stands against the targets of the performance issue, from this run's figures.
-pub fn goals(results: &[RunResult], fsync: &FsyncLatency) -> String {
+pub fn goals(results: &[RunResult], floor: &Floor) -> String {
     let mut out = String::from("targets (this run):\n");
     let most_clients = results.iter().map(|r| r.clients).max().unwrap_or(0);
     let line = |out: &mut String, what: String, met: Option<bool>| {
@@ -337,14 +334,18 @@ pub fn goals(results: &[RunResult], fsync: &FsyncLatency) -> String {
         );
     }
     let sequential = find(results, KVS, "uniform-write", 1).map(|r| r.latency.mean_us);
+    let fsync = &floor.fsync_append;
     let fsyncs = sequential.map(|us| us / fsync.p50_us.max(f64::MIN_POSITIVE));
     line(
         &mut out,
         format!(
-            "one client, sequential PUT <= 1.5 fsyncs: mean {} us = {} x fsync p50 ({:.0} us)",
+            "one client, sequential PUT <= 1.5 fsyncs: mean {} us = {} x fsync p50 ({:.0} us); \
+             this machine's floor is {:.0} us = {:.2} x",
             cell(sequential, 0),
             cell(fsyncs, 2),
-            fsync.p50_us
+            fsync.p50_us,
+            floor.replicated_write_us(),
+            floor.replicated_write_us() / fsync.p50_us.max(f64::MIN_POSITIVE),
         ),
         fsyncs.map(|f| f <= 1.5),
     );

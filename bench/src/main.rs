@@ -43,7 +43,8 @@ enum Command {
     Run(RunArgs),
     /// Starts kvs, etcd and Redis here and compares them side by side.
     Compare(compare::CompareArgs),
-    /// Measures the fsync latency of the disk holding a folder.
+    /// Measures what bounds a write here: fsync latency of the disk holding
+    /// a folder (appending, and into preallocated space) and a loopback round trip.
     Fsync {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -250,11 +251,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Compare(args) => compare::compare(args).await,
         Command::Fsync { dir, count } => {
-            let latency = services::measure_fsync(&dir, count, 64)?;
-            println!(
-                "fdatasync of a 64-byte append, {} times: mean {:.0} us, p50 {:.0} us, p99 {:.0} us",
-                latency.count, latency.mean_us, latency.p50_us, latency.p99_us
-            );
+            println!("{}", services::Floor::measure(&dir, count)?.describe());
             Ok(())
         }
     }

@@ -275,38 +275,149 @@ pub async fn start_redis(work: &Path, program: &Path, fsync: &str) -> anyhow::Re
     Ok((processes, url))
 }
 
-// ----- the disk -----
+// ----- the machine's floor -----
 
-/// Latency of appending `record_size` bytes to a file and calling
-/// `fdatasync`, `count` times, in the folder `dir` (on the disk the servers use).
+/// Latency figures of a probe, in microseconds.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct FsyncLatency {
+pub struct Latency {
     pub count: usize,
     pub mean_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
 }
 
-pub fn measure_fsync(dir: &Path, count: usize, record_size: usize) -> anyhow::Result<FsyncLatency> {
-    use std::io::Write as _;
+impl Latency {
+    fn from_micros(mut micros: Vec<f64>) -> Latency {
+        micros.sort_by(f64::total_cmp);
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
+        Latency {
+            count: micros.len(),
+            mean_us: micros.iter().sum::<f64>() / micros.len() as f64,
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+        }
+    }
+}
+
+/// How the fsync probe writes before each `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncProbe {
+    /// Appends to the file: the size changes, so the inode is written too
+    /// (the usual way to measure a disk for a log, as etcd's docs do with fio).
+    Append,
+    /// Overwrites zeros written (and synced) beforehand: only the data is
+    /// written, as with kvs's preallocated write-ahead log.
+    Preallocated,
+}
+
+/// Latency of writing `record_size` bytes to a file and calling `fdatasync`,
+/// `count` times, in the folder `dir` (on the disk the servers use).
+pub fn measure_fsync(dir: &Path, count: usize, record_size: usize, probe: FsyncProbe) -> anyhow::Result<Latency> {
+    use std::os::unix::fs::FileExt as _;
+    let count = count.max(1);
     let path = dir.join("fsync-probe");
-    let mut file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    if probe == FsyncProbe::Preallocated {
+        file.write_all_at(&vec![0; count * record_size], 0)?;
+        file.sync_all()?;
+    }
     let record = vec![b'x'; record_size];
     let mut micros = Vec::with_capacity(count);
-    for _ in 0..count.max(1) {
+    for i in 0..count {
         let start = Instant::now();
-        file.write_all(&record)?;
+        file.write_all_at(&record, (i * record_size) as u64)?;
         file.sync_data()?;
         micros.push(start.elapsed().as_secs_f64() * 1e6);
     }
     drop(file);
     let _ = std::fs::remove_file(&path);
-    micros.sort_by(f64::total_cmp);
-    let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
-    Ok(FsyncLatency {
-        count: micros.len(),
-        mean_us: micros.iter().sum::<f64>() / micros.len() as f64,
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-    })
+    Ok(Latency::from_micros(micros))
+}
+
+/// Round trip of a `message_size`-byte message over loopback TCP between two
+/// threads, `count` times: the cost of one network hop there and back on
+/// this machine, without any server logic.
+pub fn measure_loopback_round_trip(count: usize, message_size: usize) -> anyhow::Result<Latency> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buf = vec![0; message_size];
+        loop {
+            match stream.read_exact(&mut buf) {
+                Ok(()) => stream.write_all(&buf)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let message = vec![b'x'; message_size];
+    let mut answer = vec![0; message_size];
+    let mut micros = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let start = Instant::now();
+        stream.write_all(&message)?;
+        stream.read_exact(&mut answer)?;
+        micros.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(stream);
+    match echo.join() {
+        Ok(result) => result?,
+        Err(_) => bail!("the echo thread panicked"),
+    }
+    Ok(Latency::from_micros(micros))
+}
+
+/// What this machine allows one replicated write at best, measured now: the
+/// parts no implementation can skip. A client's request and answer (one
+/// round trip), the leader's entry to a follower and its acknowledgement
+/// (another), and the follower's fsync; the leader's own fsync runs in
+/// parallel. Loopback TCP between threads stands for the hops, and a
+/// preallocated-file fsync for the disk, both without any server logic.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Floor {
+    pub fsync_append: Latency,
+    pub fsync_preallocated: Latency,
+    pub round_trip: Latency,
+}
+
+impl Floor {
+    /// `fsyncs` of each kind, and more round trips (they are cheap).
+    pub fn measure(dir: &Path, fsyncs: usize) -> anyhow::Result<Floor> {
+        Ok(Floor {
+            fsync_append: measure_fsync(dir, fsyncs, 64, FsyncProbe::Append).context("measuring fsync latency")?,
+            fsync_preallocated: measure_fsync(dir, fsyncs, 64, FsyncProbe::Preallocated)
+                .context("measuring fsync latency")?,
+            round_trip: measure_loopback_round_trip(5_000, 300).context("measuring loopback round trips")?,
+        })
+    }
+
+    /// Two round trips and one fsync, from the p50s.
+    pub fn replicated_write_us(&self) -> f64 {
+        2.0 * self.round_trip.p50_us + self.fsync_preallocated.p50_us
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "fsync (fdatasync of a 64-byte append) on this disk: p50 {:.0} us, mean {:.0} us, p99 {:.0} us\n\
+             fsync of a 64-byte write into preallocated space: p50 {:.0} us, mean {:.0} us, p99 {:.0} us\n\
+             loopback TCP round trip (300 bytes, thread to thread): p50 {:.0} us, mean {:.0} us, p99 {:.0} us\n\
+             floor of one replicated write (2 round trips + 1 preallocated fsync, p50s): {:.0} us = {:.2} x fsync p50",
+            self.fsync_append.p50_us,
+            self.fsync_append.mean_us,
+            self.fsync_append.p99_us,
+            self.fsync_preallocated.p50_us,
+            self.fsync_preallocated.mean_us,
+            self.fsync_preallocated.p99_us,
+            self.round_trip.p50_us,
+            self.round_trip.mean_us,
+            self.round_trip.p99_us,
+            self.replicated_write_us(),
+            self.replicated_write_us() / self.fsync_append.p50_us.max(f64::MIN_POSITIVE),
+        )
+    }
 }
