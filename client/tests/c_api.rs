@@ -227,6 +227,50 @@ fn init_refuses_bad_lists_and_unreachable_servers_quickly() {
     assert_eq!(shutdown(), KV_OK);
 }
 
+/// A server that accepts connections and then never says a word; the
+/// accepted sockets stay open until the returned listener thread ends with
+/// the process.
+fn silent_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[test]
+fn init_gives_a_silent_server_two_seconds_then_moves_on() {
+    let _turn = serial();
+    let node = FakeNode::start();
+    let silent = silent_addr();
+
+    // The silent server is tried first and given its 2 s; then the next one answers.
+    let started = Instant::now();
+    assert_eq!(init(&[&silent, &node.addr]), KV_OK);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "kv_init with a silent first server took {took:?}"
+    );
+    assert_eq!(put("k", "v", 64).0, KV_ABSENT);
+    assert_eq!(shutdown(), KV_OK);
+
+    // Only silent servers: an error once each has had its 2 s, not a hang.
+    let started = Instant::now();
+    assert_eq!(init(&[&silent, &silent]), KV_ERROR);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(3900) && took < Duration::from_secs(12),
+        "kv_init with two silent servers took {took:?}"
+    );
+    assert_eq!(get("k").0, KV_ERROR, "a failed kv_init left a state");
+    assert_eq!(shutdown(), KV_OK);
+}
+
 #[test]
 fn many_threads_share_the_library() {
     let _turn = serial();
