@@ -204,10 +204,14 @@ impl Handler<Apply> for CommitActor {
             if entry.request_id != 0 {
                 debug!(request_id = entry.request_id, index = entry.index, "entry applied");
             }
-            // Every waiter at or below this index is settled now.
-            let later = self.waiting.split_off(&(entry.index + 1));
-            let settled = std::mem::replace(&mut self.waiting, later);
-            for (index, (term, request_id, responder)) in settled {
+            // Every waiter at or below this index is settled now. Taken from the
+            // front one by one: splitting the map would move every later
+            // waiter once per applied entry.
+            while let Some(first) = self.waiting.first_entry() {
+                if *first.key() > entry.index {
+                    break;
+                }
+                let (index, (term, request_id, responder)) = first.remove_entry();
                 let answer = if index == entry.index && term == entry.term {
                     result.clone().map(Reply::Value)
                 } else {

@@ -136,7 +136,13 @@ impl StateMachine {
         record.last_index = index;
         if session.acked_below > record.acked_below {
             record.acked_below = session.acked_below;
-            record.results = record.results.split_off(&session.acked_below);
+            // The client has its answers below `acked_below`: forget them.
+            while let Some(first) = record.results.first_entry() {
+                if *first.key() >= session.acked_below {
+                    break;
+                }
+                first.remove();
+            }
         }
         if session.seq < record.acked_below {
             return Err(ClientError::SessionExpired);
