@@ -210,6 +210,7 @@ struct Node {
     id: u64,
     client_addr: String,
     peer_addr: String,
+    resp_addr: String,
     child: Option<Child>,
     last_exit: Option<ExitStatus>,
 }
@@ -272,12 +273,13 @@ impl TestCluster {
             CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed),
             rand::thread_rng().gen::<u32>()
         );
-        let ports = free_ports(2 * n_nodes);
+        let ports = free_ports(3 * n_nodes);
         let nodes: Vec<Node> = (0..n_nodes)
             .map(|k| Node {
                 id: k as u64 + 1,
-                client_addr: format!("127.0.0.1:{}", ports[2 * k]),
-                peer_addr: format!("127.0.0.1:{}", ports[2 * k + 1]),
+                client_addr: format!("127.0.0.1:{}", ports[3 * k]),
+                peer_addr: format!("127.0.0.1:{}", ports[3 * k + 1]),
+                resp_addr: format!("127.0.0.1:{}", ports[3 * k + 2]),
                 child: None,
                 last_exit: None,
             })
@@ -300,8 +302,8 @@ impl TestCluster {
                     .and_then(|v| routes.get(&(v, node.id)))
                     .unwrap_or(&node.peer_addr);
                 members.push_str(&format!(
-                    "\n[[nodes]]\nid = {}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\n",
-                    node.id, node.client_addr, peer_addr
+                    "\n[[nodes]]\nid = {}\nclient_addr = \"{}\"\npeer_addr = \"{}\"\nresp_addr = \"{}\"\n",
+                    node.id, node.client_addr, peer_addr, node.resp_addr
                 ));
             }
             members
@@ -391,6 +393,11 @@ impl TestCluster {
     /// The client address of node `id`.
     pub fn endpoint(&self, id: u64) -> String {
         self.node(id).client_addr.clone()
+    }
+
+    /// The Redis-protocol address of node `id`.
+    pub fn resp_endpoint(&self, id: u64) -> String {
+        self.node(id).resp_addr.clone()
     }
 
     /// The peer address of node `id`.

@@ -103,6 +103,9 @@ pub struct NodeEntry {
     pub id: NodeId,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Optional Redis-protocol (RESP2) port: redis-cli and Redis clients can use kvs there.
+    #[serde(default)]
+    pub resp_addr: Option<String>,
 }
 
 mod defaults {

@@ -3,6 +3,7 @@
 mod config;
 mod launcher;
 mod network;
+mod resp;
 mod supervisor;
 
 use std::path::PathBuf;

@@ -5,6 +5,8 @@
 //! undecodable input gets a clear error and the node goes on serving.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,6 +162,27 @@ async fn pump(
     }
 }
 
+/// Accepts connections on `listener` forever, each served by `serve` on a
+/// task of its own. A failed accept (out of file descriptors, say) is
+/// traced and retried after a pause rather than ending the port.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, port: &'static str, mut serve: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                actix::spawn(serve(stream, remote));
+            }
+            Err(e) => {
+                warn!("{port} accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts peer connections and feeds their messages to the ElectionActor.
 pub async fn serve_peers(
     listener: TcpListener,
@@ -169,22 +192,15 @@ pub async fn serve_peers(
     max_frame: usize,
     election: Addr<ElectionActor>,
 ) {
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!("peer accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_loop(listener, "peer", |stream, remote| {
         let (cluster_id, members, election) = (cluster_id.clone(), members.clone(), election.clone());
-        actix::spawn(async move {
+        async move {
             if let Err(e) = peer_connection(stream, me, &cluster_id, &members, max_frame, election).await {
                 info!(%remote, "peer connection closed: {e}");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Reads and checks the opening hello; answers it. Returns who connected.
@@ -264,23 +280,16 @@ async fn peer_connection(
 
 /// Accepts client connections and hands their requests to the ClientGateway.
 pub async fn serve_clients(listener: TcpListener, me: NodeId, cluster_id: String, gateway: Addr<ClientGateway>) {
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!("client accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_loop(listener, "client", |stream, remote| {
         let (cluster_id, gateway) = (cluster_id.clone(), gateway.clone());
-        actix::spawn(async move {
+        async move {
             match client_connection(stream, me, &cluster_id, gateway).await {
                 Ok(()) => debug!(%remote, "client disconnected"),
                 Err(e) => info!(%remote, "client connection closed: {e}"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn client_connection(

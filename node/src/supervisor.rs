@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::config::ClusterFile;
 use crate::network::{run_peer_link, serve_clients, serve_peers, PeerNetwork};
+use crate::resp::serve_resp;
 
 /// Runs inside the actix System: returns once the node is serving.
 pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Result<()> {
@@ -36,6 +37,14 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
     let client_listener = TcpListener::bind(&me.client_addr)
         .await
         .with_context(|| format!("cannot listen for clients on {}", me.client_addr))?;
+    let resp_listener = match &me.resp_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for Redis-protocol clients on {addr}"))?,
+        ),
+        None => None,
+    };
 
     // On a thread of its own: the MongoDB driver's blocking calls may not run inside this async runtime.
     let recovered = std::thread::scope(|scope| {
@@ -120,6 +129,13 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
         election,
     ));
     actix::spawn(serve_clients(client_listener, id, settings.cluster_id.clone(), gateway));
+    if let Some(listener) = resp_listener {
+        // This node first: the gateway reaches the leader through it.
+        let mut endpoints = vec![me.client_addr.clone()];
+        endpoints.extend(file.nodes.iter().filter(|n| n.id != id).map(|n| n.client_addr.clone()));
+        actix::spawn(serve_resp(listener, endpoints, settings.cluster_id.clone()));
+        info!(node = id, resp_addr = ?me.resp_addr, "Redis-protocol gateway serving");
+    }
     info!(
         node = id,
         client_addr = %me.client_addr,
