@@ -10,9 +10,9 @@ use protocol::LogIndex;
 use tracing::{info, warn};
 
 use crate::messages::Settings;
-use crate::raft::{CoreConfig, MemLog, RaftCore};
+use crate::raft::{CoreConfig, HardState, MemLog, RaftCore};
 use crate::state::{StateError, StateMachine};
-use crate::storage::{Store, StoreError, Wal, WalError, WalRecord};
+use crate::storage::{Store, StoreError, Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -51,20 +51,19 @@ pub struct Recovered {
 }
 
 pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recovered, RecoveryError> {
-    let (mut wal, mut from_wal) = Wal::open(&settings.data_dir)?;
+    // A cut may take entries this node acknowledged or a vote it cast: it
+    // recovers before it votes again (RaftCore, invariant 9). The mark goes
+    // into the file in the same atomic step as the cut, so a crash at any
+    // point either finds the damage again or resumes the recovery.
+    let (mut wal, from_wal) = Wal::open_marking_damage(&settings.data_dir, |hard| HardState {
+        recovering: true,
+        ..hard
+    })?;
     if from_wal.truncated_bytes > 0 {
         warn!(
             bytes = from_wal.truncated_bytes,
             "torn or corrupt write-ahead log tail truncated"
         );
-        // The cut may have taken entries this node acknowledged or a vote it
-        // cast: it recovers before it votes again (RaftCore, invariant 9). The
-        // mark is durable first, so a crash during the recovery resumes it.
-        if !from_wal.hard_state.recovering {
-            from_wal.hard_state.recovering = true;
-            wal.append(&[WalRecord::HardState(from_wal.hard_state)])?;
-            wal.sync()?;
-        }
         warn!("not voting until the cluster's term is known and a leader has caught this node up");
     }
     let stored = store.load()?;

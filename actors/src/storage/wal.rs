@@ -123,6 +123,18 @@ impl Wal {
     /// Opens (creating dir and file if missing), replays every record, verifies checksums, and if
     /// the tail is torn or corrupt, truncates the file at the start of the first bad record.
     pub fn open(dir: &Path) -> Result<(Wal, Recovered), WalError> {
+        Wal::open_marking_damage(dir, |hard| hard)
+    }
+
+    /// [`Wal::open`], and if the tail had to be cut, `mark` rewrites the hard
+    /// state in the same step: the file is replaced atomically by the valid
+    /// records followed by the marked hard state. A crash before that
+    /// replacement leaves the damaged file, found again at the next open; so
+    /// the cut is never durable without the mark.
+    pub fn open_marking_damage(
+        dir: &Path,
+        mark: impl FnOnce(HardState) -> HardState,
+    ) -> Result<(Wal, Recovered), WalError> {
         fs::create_dir_all(dir)?;
         match fs::remove_file(dir.join(TMP_FILE)) {
             Ok(()) => tracing::warn!(dir = %dir.display(), "removed a stale {TMP_FILE} left by an unfinished rewrite"),
@@ -146,6 +158,7 @@ impl Wal {
         file.read_to_end(&mut bytes)?;
         let (mut recovered, valid) = replay(&bytes);
         let total = bytes.len() as u64;
+        let mut len = valid;
         let mut allocated = total;
         let tail = &bytes[valid as usize..];
         if tail.iter().any(|&byte| byte != 0) {
@@ -158,8 +171,16 @@ impl Wal {
                 bytes = total - valid,
                 "write-ahead log has a torn or corrupt tail; truncating it"
             );
-            file.set_len(valid)?;
-            allocated = valid;
+            bytes.truncate(valid as usize);
+            let marked = mark(recovered.hard_state);
+            if marked != recovered.hard_state {
+                encode_into(&mut bytes, &WalRecord::HardState(marked))?;
+                recovered.hard_state = marked;
+            }
+            write_tmp(dir, &bytes)?;
+            file = install_tmp(dir)?;
+            len = bytes.len() as u64;
+            allocated = len + PREALLOC_BYTES;
         }
         // What a killed process wrote may still be only in the page cache: the
         // core will count all of it as durable, so make it so before anything
@@ -169,7 +190,7 @@ impl Wal {
         let wal = Wal {
             dir: dir.to_path_buf(),
             file,
-            len: valid,
+            len,
             allocated,
             buf: Vec::new(),
             poisoned: false,
@@ -255,27 +276,16 @@ impl Wal {
             encode_into(&mut self.buf, &WalRecord::Entry(entry.clone()))?;
         }
 
-        let tmp = self.dir.join(TMP_FILE);
-        let path = self.dir.join(WAL_FILE);
         let len = self.buf.len() as u64;
-        let allocated = len + PREALLOC_BYTES;
-        {
-            let mut out = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            out.write_all(&self.buf)?;
-            write_zeros(&out, len, allocated)?;
-            out.sync_all()?;
-        }
+        write_tmp(&self.dir, &self.buf)?;
         // Up to here a failure leaves the old file in charge; from the rename on it does not.
-        let result = fs::rename(&tmp, &path)
-            .and_then(|()| sync_dir(&self.dir))
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&path));
-        match result {
+        match install_tmp(&self.dir) {
             Ok(file) => {
                 self.file = file;
                 // The new file was synced before its rename; the old one's unsynced tail is in it.
                 self.unsynced = false;
                 self.len = len;
-                self.allocated = allocated;
+                self.allocated = len + PREALLOC_BYTES;
                 self.buf.clear();
                 self.buf.shrink_to(KEEP_BUF_BYTES);
                 Ok(())
@@ -336,7 +346,11 @@ fn replay(bytes: &[u8]) -> (Recovered, u64) {
             }
             WalRecord::Entry(entry) => {
                 // Valid indexes are start+1 ..= last+1; anything else means the file is not what was written.
-                let Some(offset) = entry.index.checked_sub(rec.start_index + 1) else {
+                let Some(offset) = rec
+                    .start_index
+                    .checked_add(1)
+                    .and_then(|first| entry.index.checked_sub(first))
+                else {
                     break;
                 };
                 let Ok(offset) = usize::try_from(offset) else {
@@ -352,6 +366,27 @@ fn replay(bytes: &[u8]) -> (Recovered, u64) {
         pos = next;
     }
     (rec, pos as u64)
+}
+
+/// Writes `content` and a zeroed preallocation to `<dir>/wal.log.tmp`, synced.
+fn write_tmp(dir: &Path, content: &[u8]) -> io::Result<()> {
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(TMP_FILE))?;
+    out.write_all(content)?;
+    let len = content.len() as u64;
+    write_zeros(&out, len, len + PREALLOC_BYTES)?;
+    out.sync_all()
+}
+
+/// Renames `wal.log.tmp` over `wal.log`, makes the rename durable, and opens the result.
+fn install_tmp(dir: &Path) -> io::Result<File> {
+    let path = dir.join(WAL_FILE);
+    fs::rename(dir.join(TMP_FILE), &path)?;
+    sync_dir(dir)?;
+    OpenOptions::new().read(true).write(true).open(&path)
 }
 
 /// Writes zeros over `from..to` of `file` (real blocks, not a hole: a hole
@@ -556,7 +591,7 @@ mod tests {
             assert_eq!(rec.entries, entries(1..=2, 1), "cut at {cut}");
             assert_eq!(rec.truncated_bytes, (cut - last_start) as u64, "cut at {cut}");
             assert_eq!(wal.len_bytes(), last_start as u64);
-            assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), last_start as u64);
+            assert_eq!(read_records(dir).len() as u64, last_start as u64);
 
             // Appending after the cut lands right after the last good record.
             wal.append(&records(&[entry(3, 2), entry(4, 2)])).unwrap();
@@ -592,7 +627,7 @@ mod tests {
         let rec = reopen(dir);
         assert_eq!(rec.entries, entries(1..=2, 1));
         assert_eq!(rec.truncated_bytes, (bytes.len() - last_start) as u64);
-        assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), last_start as u64);
+        assert_eq!(read_records(dir).len() as u64, last_start as u64);
     }
 
     #[test]
@@ -645,7 +680,7 @@ mod tests {
             assert_eq!(rec.entries, entries(1..=2, 3));
             assert_eq!(rec.truncated_bytes, tail.len() as u64, "tail {tail:?}");
             assert_eq!(wal.len_bytes(), good_len);
-            assert_eq!(fs::metadata(wal_path(dir)).unwrap().len(), good_len);
+            assert_eq!(read_records(dir).len() as u64, good_len);
         }
     }
 
@@ -730,6 +765,72 @@ mod tests {
         let rec = reopen(dir);
         assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
         assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn cut_and_damage_mark_are_one_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&[WalRecord::HardState(hard(4, Some(2)))]).unwrap();
+        wal.append(&records(&entries(1..=3, 4))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let mut bytes = read_records(dir);
+        bytes.extend_from_slice(&[0x10, 0, 0, 0, 1, 2, 3, 4, 5]);
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let mark = |hard: HardState| HardState {
+            recovering: true,
+            ..hard
+        };
+        let (wal, rec) = Wal::open_marking_damage(dir, mark).unwrap();
+        assert!(rec.truncated_bytes > 0);
+        assert_eq!(
+            rec.hard_state,
+            HardState {
+                recovering: true,
+                ..hard(4, Some(2))
+            }
+        );
+        assert_eq!(rec.entries, entries(1..=3, 4));
+        // Killed right after the open: the mark is already in the file, and the damage gone.
+        drop(wal);
+        let rec = reopen(dir);
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(
+            rec.hard_state,
+            HardState {
+                recovering: true,
+                ..hard(4, Some(2))
+            }
+        );
+        assert_eq!(rec.entries, entries(1..=3, 4));
+        // A clean open does not mark.
+        let (_, rec) = Wal::open_marking_damage(dir, |hard| HardState { term: 99, ..hard }).unwrap();
+        assert_eq!(rec.hard_state.term, 4);
+    }
+
+    #[test]
+    fn log_start_at_the_last_index_does_not_overflow() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut bytes = Vec::new();
+        encode_into(
+            &mut bytes,
+            &WalRecord::LogStart {
+                index: u64::MAX,
+                term: 1,
+            },
+        )
+        .unwrap();
+        let start_len = bytes.len();
+        encode_into(&mut bytes, &WalRecord::Entry(entry(7, 1))).unwrap();
+        fs::write(wal_path(dir), &bytes).unwrap();
+        let (wal, rec) = Wal::open(dir).unwrap();
+        assert_eq!(rec.start_index, u64::MAX);
+        assert!(rec.entries.is_empty());
+        assert_eq!(wal.len_bytes(), start_len as u64);
     }
 
     #[test]
