@@ -334,8 +334,7 @@ pub fn goals(results: &[RunResult], floor: &Floor) -> String {
         );
     }
     let sequential = find(results, KVS, "uniform-write", 1).map(|r| r.latency.mean_us);
-    let fsync = &floor.fsync_append;
-    let fsyncs = sequential.map(|us| us / fsync.p50_us.max(f64::MIN_POSITIVE));
+    let fsyncs = sequential.map(|us| floor.in_fsyncs(us));
     line(
         &mut out,
         format!(
@@ -343,9 +342,9 @@ pub fn goals(results: &[RunResult], floor: &Floor) -> String {
              this machine's floor is {:.0} us = {:.2} x",
             cell(sequential, 0),
             cell(fsyncs, 2),
-            fsync.p50_us,
+            floor.fsync_append.p50_us,
             floor.replicated_write_us(),
-            floor.replicated_write_us() / fsync.p50_us.max(f64::MIN_POSITIVE),
+            floor.in_fsyncs(floor.replicated_write_us()),
         ),
         fsyncs.map(|f| f <= 1.5),
     );

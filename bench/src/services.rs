@@ -401,6 +401,11 @@ impl Floor {
         2.0 * self.round_trip.p50_us + self.fsync_preallocated.p50_us
     }
 
+    /// `us` in fsyncs of this disk (the p50 of an appending fdatasync).
+    pub fn in_fsyncs(&self, us: f64) -> f64 {
+        us / self.fsync_append.p50_us.max(f64::MIN_POSITIVE)
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "fsync (fdatasync of a 64-byte append) on this disk: p50 {:.0} us, mean {:.0} us, p99 {:.0} us\n\
@@ -417,7 +422,7 @@ impl Floor {
             self.round_trip.mean_us,
             self.round_trip.p99_us,
             self.replicated_write_us(),
-            self.replicated_write_us() / self.fsync_append.p50_us.max(f64::MIN_POSITIVE),
+            self.in_fsyncs(self.replicated_write_us()),
         )
     }
 }

@@ -177,15 +177,17 @@ impl Wal {
                 encode_into(&mut bytes, &WalRecord::HardState(marked))?;
                 recovered.hard_state = marked;
             }
+            // Synced before its rename, like every replacement.
             write_tmp(dir, &bytes)?;
             file = install_tmp(dir)?;
             len = bytes.len() as u64;
             allocated = len + PREALLOC_BYTES;
+        } else {
+            // What a killed process wrote may still be only in the page cache:
+            // the core will count all of it as durable, so make it so before
+            // anything is acknowledged on that basis.
+            file.sync_all()?;
         }
-        // What a killed process wrote may still be only in the page cache: the
-        // core will count all of it as durable, so make it so before anything
-        // is acknowledged on that basis.
-        file.sync_all()?;
 
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -464,6 +466,14 @@ mod tests {
         dir.join(WAL_FILE)
     }
 
+    /// Writes `records` into a new WAL in `dir`, syncs and closes it; returns the records' length.
+    fn write_log(dir: &Path, records: &[WalRecord]) -> u64 {
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(records).unwrap();
+        wal.sync().unwrap();
+        wal.len_bytes()
+    }
+
     fn reopen(dir: &Path) -> Recovered {
         let (_, rec) = Wal::open(dir).unwrap();
         rec
@@ -571,11 +581,14 @@ mod tests {
     fn torn_tail_is_truncated_at_every_offset_and_append_continues() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&[WalRecord::HardState(hard(1, Some(1)))]).unwrap();
-        wal.append(&records(&entries(1..=3, 1))).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
+        write_log(
+            dir,
+            &[
+                vec![WalRecord::HardState(hard(1, Some(1)))],
+                records(&entries(1..=3, 1)),
+            ]
+            .concat(),
+        );
         let full = read_records(dir);
         let bounds = boundaries(&full);
         assert_eq!(bounds.len(), 5);
@@ -613,10 +626,7 @@ mod tests {
     fn flipped_payload_byte_fails_checksum() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&records(&entries(1..=3, 1))).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
+        write_log(dir, &records(&entries(1..=3, 1)));
         let mut bytes = read_records(dir);
         let bounds = boundaries(&bytes);
         let last_start = bounds[2];
@@ -634,11 +644,14 @@ mod tests {
     fn corrupt_middle_record_drops_everything_after_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&records(&entries(1..=3, 1))).unwrap();
-        wal.append(&[WalRecord::HardState(hard(5, Some(3)))]).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
+        write_log(
+            dir,
+            &[
+                records(&entries(1..=3, 1)),
+                vec![WalRecord::HardState(hard(5, Some(3)))],
+            ]
+            .concat(),
+        );
         let mut bytes = read_records(dir);
         let bounds = boundaries(&bytes);
         bytes[bounds[1] + HEADER_BYTES] ^= 0x80;
@@ -654,12 +667,14 @@ mod tests {
     fn garbage_tail_is_truncated() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&[WalRecord::HardState(hard(3, Some(1)))]).unwrap();
-        wal.append(&records(&entries(1..=2, 3))).unwrap();
-        wal.sync().unwrap();
-        let good_len = wal.len_bytes();
-        drop(wal);
+        let good_len = write_log(
+            dir,
+            &[
+                vec![WalRecord::HardState(hard(3, Some(1)))],
+                records(&entries(1..=2, 3)),
+            ]
+            .concat(),
+        );
 
         let garbage_tails: [&[u8]; 4] = [
             // Length far beyond MAX_RECORD_BYTES.
@@ -688,11 +703,7 @@ mod tests {
     fn zeros_after_the_records_are_preallocation_not_damage() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&records(&entries(1..=2, 1))).unwrap();
-        wal.sync().unwrap();
-        let len = wal.len_bytes();
-        drop(wal);
+        let len = write_log(dir, &records(&entries(1..=2, 1)));
 
         let (mut wal, rec) = Wal::open(dir).unwrap();
         assert_eq!(rec.entries, entries(1..=2, 1));
@@ -743,11 +754,7 @@ mod tests {
         // it) must not come back once new records fill the gap before it.
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&records(&entries(1..=2, 1))).unwrap();
-        wal.sync().unwrap();
-        let len = wal.len_bytes() as usize;
-        drop(wal);
+        let len = write_log(dir, &records(&entries(1..=2, 1))) as usize;
         let mut stale = Vec::new();
         encode_into(&mut stale, &WalRecord::Entry(entry(3, 1))).unwrap();
         let mut bytes = fs::read(wal_path(dir)).unwrap();
@@ -771,11 +778,14 @@ mod tests {
     fn cut_and_damage_mark_are_one_step() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&[WalRecord::HardState(hard(4, Some(2)))]).unwrap();
-        wal.append(&records(&entries(1..=3, 4))).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
+        write_log(
+            dir,
+            &[
+                vec![WalRecord::HardState(hard(4, Some(2)))],
+                records(&entries(1..=3, 4)),
+            ]
+            .concat(),
+        );
         let mut bytes = read_records(dir);
         bytes.extend_from_slice(&[0x10, 0, 0, 0, 1, 2, 3, 4, 5]);
         fs::write(wal_path(dir), &bytes).unwrap();
@@ -837,10 +847,7 @@ mod tests {
     fn valid_checksum_with_undecodable_payload_is_truncated() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let (mut wal, _) = Wal::open(dir).unwrap();
-        wal.append(&records(&[entry(1, 1)])).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
+        write_log(dir, &records(&[entry(1, 1)]));
         let payload = [0xc1u8, 0x00, 0x01]; // 0xc1 is never used in MessagePack.
         let mut bytes = read_records(dir);
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
