@@ -221,8 +221,8 @@ pub async fn start_etcd(work: &Path, program: &Path) -> anyhow::Result<(Processe
     wait_ready(&mut processes, &dir, || {
         let endpoints = probe.clone();
         async move {
-            let mut client = etcd_client::Client::connect(&endpoints, None).await?;
-            client.put("kvs-bench-ready", "1", None).await?;
+            let mut client = crate::target::connect_etcd(&endpoints).await?;
+            crate::target::Session::put(&mut client, "kvs-bench-ready", "1").await?;
             Ok(())
         }
     })

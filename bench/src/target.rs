@@ -1,5 +1,6 @@
 //! The stores under test, behind one trait: kvs (its Rust client), etcd
-//! (`etcd-client`, linearizable reads, the default) and Redis (`redis`).
+//! (its gRPC API through the `etcd-api` crate's generated client, linearizable
+//! reads, etcd's default) and Redis (`redis`).
 //!
 //! Each benchmark client opens a [`Session`] of its own: one TCP connection
 //! (one HTTP/2 connection for etcd), used for one request at a time.
@@ -7,6 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use etcd_api::etcdserverpb::kv_client::KvClient;
+use etcd_api::etcdserverpb::{PutRequest, RangeRequest};
 use serde::Serialize;
 
 /// Why one request failed.
@@ -14,8 +17,10 @@ use serde::Serialize;
 pub enum TargetError {
     #[error("kvs: {0}")]
     Kvs(#[from] client::Error),
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    #[error("etcd: cannot connect: {0}")]
+    EtcdConnect(#[from] tonic::transport::Error),
+    #[error("etcd: {}", .0.message())]
+    Etcd(#[from] tonic::Status),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -77,24 +82,49 @@ pub struct Etcd {
     pub endpoints: Vec<String>,
 }
 
-impl Target for Etcd {
-    type Session = etcd_client::KvClient;
+/// One etcd KV client over one HTTP/2 channel that spreads requests over the
+/// listed members, as `etcd-client` and etcd's own Go client do.
+pub type EtcdKv = KvClient<tonic::transport::Channel>;
 
-    async fn connect(&self) -> Result<etcd_client::KvClient, TargetError> {
-        let client = etcd_client::Client::connect(&self.endpoints, None).await?;
-        Ok(client.kv_client())
+impl Target for Etcd {
+    type Session = EtcdKv;
+
+    async fn connect(&self) -> Result<EtcdKv, TargetError> {
+        Ok(connect_etcd(&self.endpoints).await?)
     }
 }
 
-impl Session for etcd_client::KvClient {
+/// Connects a KV client to etcd members given as URLs (`http://host:port`).
+pub async fn connect_etcd(endpoints: &[String]) -> Result<EtcdKv, tonic::transport::Error> {
+    let mut members = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        members.push(tonic::transport::Endpoint::from_shared(endpoint.clone())?.tcp_nodelay(true));
+    }
+    let channel = match members.as_slice() {
+        [one] => one.connect().await?,
+        _ => tonic::transport::Channel::balance_list(members.into_iter()),
+    };
+    Ok(KvClient::new(channel))
+}
+
+impl Session for EtcdKv {
     async fn get(&mut self, key: &str) -> Result<bool, TargetError> {
-        // No options: a linearizable read (etcd's default, not `serializable`).
-        let response = etcd_client::KvClient::get(self, key, None).await?;
-        Ok(!response.kvs().is_empty())
+        // serializable = false: a linearizable read (etcd's default).
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..RangeRequest::default()
+        };
+        let response = self.range(request).await?;
+        Ok(!response.into_inner().kvs.is_empty())
     }
 
     async fn put(&mut self, key: &str, value: &str) -> Result<(), TargetError> {
-        etcd_client::KvClient::put(self, key, value, None).await?;
+        let request = PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..PutRequest::default()
+        };
+        KvClient::put(self, request).await?;
         Ok(())
     }
 }

@@ -57,6 +57,13 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Overall deadline of one operation, retries included.
     pub request_timeout: Duration,
+    /// Give up at once, with [`Error::Unreachable`], when one pass over the
+    /// endpoints finds every one refusing connections and nothing was sent
+    /// yet, instead of retrying until `request_timeout`. For one-shot tools
+    /// (`kvctl`); long-lived clients keep `false` to ride out a restart of the
+    /// whole cluster. A cluster that is up but has no leader still gets the
+    /// whole timeout.
+    pub fail_fast_when_unreachable: bool,
 }
 
 impl ClientConfig {
@@ -68,6 +75,7 @@ impl ClientConfig {
             cluster_id: String::new(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
+            fail_fast_when_unreachable: false,
         }
     }
 }
@@ -77,7 +85,7 @@ impl ClientConfig {
 pub enum Error {
     /// The server refused the request for a reason retrying cannot fix
     /// (`KeyTooLarge`, `ValueTooLarge`, `EmptyKey`, `Malformed`, `SessionExpired`).
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] ClientError),
     /// No connection could be made. Returned by an operation only when it never
     /// managed to send its request, so a write failing this way was not applied.
@@ -87,6 +95,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A whole pass over the endpoints connected to none; each endpoint with
+    /// its error, in the order tried. Like `Connect`, only returned when the
+    /// request was never sent, so a write failing this way was not applied.
+    #[error("cannot connect to any endpoint: {}", describe_failures(.failures))]
+    Unreachable { failures: Vec<(String, std::io::Error)> },
     /// A node refused the handshake (wrong cluster id, unsupported version, ...).
     #[error("{endpoint} refused the handshake: {message}")]
     Handshake { endpoint: String, message: String },
@@ -106,10 +119,19 @@ pub enum Error {
     /// The server answered with a reply of the wrong kind.
     #[error("unexpected reply from the server: {0}")]
     UnexpectedReply(String),
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
+}
+
+/// `a:1: connection refused; b:2: connection refused`.
+fn describe_failures(failures: &[(String, std::io::Error)]) -> String {
+    let described: Vec<String> = failures
+        .iter()
+        .map(|(endpoint, error)| format!("{endpoint}: {error}"))
+        .collect();
+    described.join("; ")
 }
 
 /// An error and its causes on one line (`a: b: c`), as `{:#}` prints an
@@ -236,6 +258,7 @@ impl Client {
             match client.inner.current_connection(deadline).await {
                 Ok(_) => return Ok(client),
                 Err(error @ Error::Handshake { .. }) => return Err(error),
+                Err(error) if client.inner.fails_fast(&error) => return Err(error),
                 // The deadline passed: report why the earlier tries failed.
                 Err(Error::Timeout) => return Err(last_error.unwrap_or(Error::Timeout)),
                 Err(error) => {
@@ -353,6 +376,7 @@ impl Client {
             let (conn, generation) = match inner.current_connection(deadline).await {
                 Ok(found) => found,
                 Err(error @ Error::Handshake { .. }) => return Err(error),
+                Err(error) if !sent && inner.fails_fast(&error) => return Err(error),
                 Err(Error::Timeout) => continue,
                 Err(error) => {
                     last_error = Some(error);
@@ -430,6 +454,15 @@ impl Inner {
         self.next_request_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether `error` ends an operation at once under
+    /// `fail_fast_when_unreachable`: every endpoint refused (an endpoint that
+    /// timed out may be a live node behind a slow link, so it does not count).
+    fn fails_fast(&self, error: &Error) -> bool {
+        self.config.fail_fast_when_unreachable
+            && matches!(error, Error::Unreachable { failures }
+                if failures.iter().all(|(_, error)| error.kind() != std::io::ErrorKind::TimedOut))
+    }
+
     /// The shared connection, opening one if there is none (or it died). Only
     /// one task connects at a time; the others wait and then share its result.
     async fn current_connection(&self, deadline: Instant) -> Result<(Arc<Connection>, u64), Error> {
@@ -452,8 +485,10 @@ impl Inner {
                 .filter(|endpoint| Some(endpoint) != preferred.as_ref()),
         );
 
-        let mut connect_error = None;
+        let mut failures = Vec::new();
         let mut handshake_error = None;
+        let mut other_error = None;
+        let tried_all = candidates.len();
         for endpoint in candidates {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -476,13 +511,30 @@ impl Inner {
                     tracing::debug!(%endpoint, %error, "handshake rejected");
                     handshake_error = Some(error);
                 }
+                Err(Error::Connect { endpoint, source }) => {
+                    tracing::debug!(%endpoint, error = %source, "cannot connect");
+                    failures.push((endpoint, source));
+                }
                 Err(error) => {
                     tracing::debug!(%endpoint, %error, "cannot connect");
-                    connect_error = Some(error);
+                    other_error = Some(error);
                 }
             }
         }
-        Err(handshake_error.or(connect_error).unwrap_or(Error::Timeout))
+        if let Some(error) = handshake_error {
+            return Err(error);
+        }
+        if failures.len() == tried_all {
+            return Err(Error::Unreachable { failures });
+        }
+        if let Some(error) = other_error {
+            return Err(error);
+        }
+        // The deadline cut the pass short: the last failure, or a timeout.
+        match failures.pop() {
+            Some((endpoint, source)) => Err(Error::Connect { endpoint, source }),
+            None => Err(Error::Timeout),
+        }
     }
 
     /// Forgets the shared connection and moves the search to the next endpoint.
@@ -566,7 +618,9 @@ impl Backoff {
 /// write, outcome unknown).
 fn give_up(sent: bool, last_error: Option<Error>) -> Error {
     match last_error {
-        Some(error @ (Error::Connect { .. } | Error::ConnectionClosed { .. } | Error::Io(_))) if !sent => error,
+        Some(
+            error @ (Error::Connect { .. } | Error::Unreachable { .. } | Error::ConnectionClosed { .. } | Error::Io(_)),
+        ) if !sent => error,
         _ => Error::Timeout,
     }
 }

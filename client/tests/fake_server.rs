@@ -344,7 +344,7 @@ async fn unreachable_cluster_reports_the_connect_error() {
         .expect("test finished in time")
         .expect_err("nothing listens");
     assert!(
-        matches!(&error, Error::Connect { endpoint, .. } if *endpoint == addr),
+        matches!(&error, Error::Unreachable { failures } if failures.len() == 1 && failures[0].0 == addr),
         "{error:?}"
     );
 
@@ -354,7 +354,7 @@ async fn unreachable_cluster_reports_the_connect_error() {
         .expect("test finished in time")
         .expect_err("nothing listens");
     assert!(
-        matches!(error, Error::Connect { .. }),
+        matches!(error, Error::Unreachable { .. }),
         "never sent, so not a timeout: {error:?}"
     );
 }
@@ -407,8 +407,12 @@ async fn status_asks_each_endpoint_directly() {
 
 /// Runs the kvctl binary against `addr`; returns (exit code, stdout, stderr).
 async fn kvctl(addr: &str, args: &[&str]) -> (i32, String, String) {
+    kvctl_with_timeout(addr, "3000", args).await
+}
+
+async fn kvctl_with_timeout(addr: &str, timeout_ms: &str, args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["--endpoints", addr, "--timeout-ms", "3000"])
+        .args(["--endpoints", addr, "--timeout-ms", timeout_ms])
         .args(args)
         .env_remove("KVS_ENDPOINTS")
         .env_remove("KVS_CLUSTER_ID")
@@ -434,6 +438,11 @@ async fn kvctl_output_and_exit_codes() {
                     let key = key_of(&request);
                     let result = if key == "bad" {
                         Err(ClientError::EmptyKey)
+                    } else if key.len() > 128 {
+                        Err(ClientError::KeyTooLarge {
+                            len: key.len(),
+                            max: 128,
+                        })
                     } else if key == "present" {
                         Ok(Reply::Value(Some("yes".into())))
                     } else {
@@ -470,12 +479,79 @@ async fn kvctl_output_and_exit_codes() {
         assert_eq!(code, 0);
         let json: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
         assert_eq!(json, serde_json::json!({"key": "present", "old_value": "yes"}));
-        let (code, stdout, stderr) = kvctl(&addr, &["get", "bad"]).await;
+        // The flags are global: after the subcommand as well as before it.
+        assert_eq!(
+            kvctl(&addr, &["get", "absent", "--json"]).await,
+            (1, "{\"key\":\"absent\",\"value\":null}\n".into(), String::new())
+        );
+        // Each cause once, on one line.
+        assert_eq!(
+            kvctl(&addr, &["get", "bad"]).await,
+            (2, String::new(), "kvctl: get \"bad\": key must not be empty\n".into())
+        );
+        let long = "k".repeat(129);
+        let (code, stdout, stderr) = kvctl(&addr, &["put", &long, "v"]).await;
         assert_eq!((code, stdout.as_str()), (2, ""));
-        assert!(stderr.contains("key must not be empty"), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("kvctl: put {long:?}: key is 129 bytes, more than the limit of 128\n")
+        );
     })
     .await
     .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn kvctl_fails_at_once_naming_every_endpoint_when_nothing_listens() {
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let (listener, addr) = bind().await;
+        drop(listener);
+        dead.push(addr);
+    }
+    let endpoints = dead.join(",");
+    // A minute's timeout: only failing fast can finish inside TEST_LIMIT.
+    let output = timeout(
+        TEST_LIMIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .args(["--endpoints", &endpoints, "--timeout-ms", "60000", "get", "foo"])
+            .env_remove("KVS_ENDPOINTS")
+            .env_remove("KVS_CLUSTER_ID")
+            .output(),
+    )
+    .await
+    .expect("kvctl gave up at once, not after its timeout")
+    .expect("kvctl runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    assert!(
+        stderr.starts_with("kvctl: get \"foo\": cannot connect to any endpoint: "),
+        "{stderr}"
+    );
+    for addr in &dead {
+        assert!(
+            stderr.contains(&format!("{addr}: Connection refused")),
+            "{addr} not named:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kvctl_keeps_its_timeout_for_a_cluster_without_a_leader() {
+    let (listener, addr) = bind().await;
+    spawn_follower(listener, 1, None, None);
+    let started = tokio::time::Instant::now();
+    let (code, stdout, stderr) = timeout(TEST_LIMIT, kvctl_with_timeout(&addr, "1500", &["get", "foo"]))
+        .await
+        .expect("test finished in time");
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "a node that answers is retried until the timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -508,7 +584,8 @@ async fn connect_once_takes_the_first_endpoint_that_answers_in_one_pass() {
         let started = tokio::time::Instant::now();
         let error = Client::connect_once(only_dead).await.expect_err("nothing listens");
         assert!(
-            matches!(&error, Error::Connect { endpoint, .. } if *endpoint == dead),
+            matches!(&error, Error::Unreachable { failures }
+                if failures.len() == 2 && failures.iter().all(|(endpoint, _)| *endpoint == dead)),
             "{error:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());

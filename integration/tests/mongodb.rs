@@ -33,7 +33,10 @@ fn in_ci() -> bool {
 fn required<T>(found: Option<T>, what: &str) -> Option<T> {
     if found.is_none() {
         assert!(!in_ci(), "{what}: CI must run the MongoDB tests (see .ci/run)");
-        eprintln!("skipped: {what}");
+        eprintln!(
+            "skipped: {what}; to run the MongoDB tests: \
+             . .ci/nx27017.sh && start_nx27017 && cargo test --release -p integration --test mongodb"
+        );
     }
     found
 }

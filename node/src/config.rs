@@ -15,11 +15,20 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Load {
         path: String,
         #[source]
         source: config::ConfigError,
+    },
+    /// A key no section knows: a misspelling would otherwise start the node on
+    /// defaults without a word.
+    #[error("unknown key `{key}` in {origin}; the closest known key is `{closest}`")]
+    UnknownKey {
+        key: String,
+        /// The file, or the environment variable, that sets it.
+        origin: String,
+        closest: String,
     },
     #[error("invalid cluster configuration: {0}")]
     Invalid(String),
@@ -154,19 +163,32 @@ mod defaults {
     }
 }
 
+/// Sections the environment may override, as `KVS_<SECTION>__<KEY>`. Other
+/// `KVS_` variables belong to other programs (`KVS_ENDPOINTS` is kvctl's).
+const OVERRIDABLE_SECTIONS: [&str; 2] = ["cluster", "storage"];
+
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let load_error = |source| ConfigError::Load {
             path: path.display().to_string(),
             source,
         };
+        let file_source = config::File::from(path).format(config::FileFormat::Toml);
+        let written = config::Config::builder()
+            .add_source(file_source.clone())
+            .build()
+            .map_err(load_error)?;
+        check_known_keys(written, &path.display().to_string())?;
+        let overrides = environment_overrides();
+        check_overrides_are_known(&overrides)?;
         let mut file: ClusterFile = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(file_source)
             .add_source(
                 config::Environment::with_prefix("KVS")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(overrides.into_iter().collect())),
             )
             .build()
             .and_then(|c| c.try_deserialize())
@@ -316,6 +338,101 @@ impl ClusterFile {
             max_inflight_entries: c.max_inflight_entries,
         }))
     }
+}
+
+/// The keys serde reads for `T`, in declaration order.
+fn known_keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    serde_aux::serde_introspection::serde_introspect::<T>()
+}
+
+/// The known key most like `unknown`. Jaro-Winkler weighs a shared start
+/// most, as in `heartbeat_ms` for `heartbeat_interval_ms`.
+fn closest_key(unknown: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(unknown, candidate), *candidate))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or_else(String::new, |(_, closest)| closest.to_string())
+}
+
+fn check_table(
+    table: &config::Map<String, config::Value>,
+    prefix: &str,
+    known: &[&str],
+    origin: &str,
+) -> Result<(), ConfigError> {
+    // Sorted so that the error names the same key on every run.
+    let mut keys: Vec<&String> = table.keys().collect();
+    keys.sort();
+    match keys.into_iter().find(|key| !known.contains(&key.as_str())) {
+        Some(key) => Err(ConfigError::UnknownKey {
+            key: format!("{prefix}{key}"),
+            origin: origin.to_string(),
+            closest: format!("{prefix}{}", closest_key(key, known)),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses any key of the file that no section reads, naming it, the file and
+/// the closest known key.
+fn check_known_keys(written: config::Config, origin: &str) -> Result<(), ConfigError> {
+    let top: config::Map<String, config::Value> = written.try_deserialize().map_err(|source| ConfigError::Load {
+        path: origin.to_string(),
+        source,
+    })?;
+    check_table(&top, "", known_keys::<ClusterFile>(), origin)?;
+    for (section, known) in [
+        ("cluster", known_keys::<ClusterSection>()),
+        ("storage", known_keys::<StorageSection>()),
+    ] {
+        if let Some(value) = top.get(section) {
+            if let Ok(table) = value.clone().into_table() {
+                check_table(&table, &format!("{section}."), known, origin)?;
+            }
+        }
+    }
+    if let Some(Ok(nodes)) = top.get("nodes").map(|value| value.clone().into_array()) {
+        for (index, node) in nodes.into_iter().enumerate() {
+            if let Ok(table) = node.into_table() {
+                check_table(&table, &format!("nodes[{index}]."), known_keys::<NodeEntry>(), origin)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The process's `KVS_CLUSTER__*` and `KVS_STORAGE__*` variables.
+fn environment_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| {
+            OVERRIDABLE_SECTIONS
+                .iter()
+                .any(|section| name.starts_with(&format!("KVS_{}__", section.to_uppercase())))
+        })
+        .collect()
+}
+
+/// An override of a key that does not exist is refused like one in the file.
+fn check_overrides_are_known(overrides: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, _) in overrides {
+        let lower = name.to_lowercase();
+        let Some((section, key)) = lower.trim_start_matches("kvs_").split_once("__") else {
+            continue;
+        };
+        let known = match section {
+            "cluster" => known_keys::<ClusterSection>(),
+            _ => known_keys::<StorageSection>(),
+        };
+        if !known.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                key: format!("{section}.{key}"),
+                origin: format!("the environment variable {name}"),
+                closest: format!("{section}.{}", closest_key(key, known)),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,6 +40,26 @@ fn spawn_node(config: &Path, id: u64, format: LogFormat) -> anyhow::Result<Child
         .with_context(|| format!("cannot start node {id}"))
 }
 
+/// How to run `kvctl` from here, as printed in the hint: the binary beside
+/// this one if it was built (`cargo build --release -p client`), otherwise the
+/// cargo command that builds and runs it from the workspace.
+fn kvctl_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("kvctl")))
+        .filter(|kvctl| kvctl.is_file());
+    match beside {
+        Some(kvctl) => {
+            // Shorter when it lies under the working folder, as after `cargo run`.
+            let relative = std::env::current_dir()
+                .ok()
+                .and_then(|here| kvctl.strip_prefix(here).ok().map(Path::to_path_buf));
+            relative.unwrap_or(kvctl).display().to_string()
+        }
+        None => "cargo run --release -q -p client --bin kvctl --".to_string(),
+    }
+}
+
 pub fn run_cluster(config: &Path, format: LogFormat) -> anyhow::Result<u8> {
     let file = ClusterFile::load(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -50,14 +70,19 @@ pub fn run_cluster(config: &Path, format: LogFormat) -> anyhow::Result<u8> {
                 id: node.id,
                 child: spawn_node(config, node.id, format)?,
             });
+            let resp = node
+                .resp_addr
+                .as_ref()
+                .map_or_else(String::new, |addr| format!(", Redis protocol on {addr}"));
             println!(
-                "node {}: clients on {}, peers on {}, data in {}",
+                "node {}: clients on {}, peers on {}{resp}, data in {}",
                 node.id,
                 node.client_addr,
                 node.peer_addr,
                 file.data_dir().join(node.id.to_string()).display()
             );
         }
+        let kvctl = kvctl_command();
         let endpoints: Vec<String> = file.nodes.iter().map(|n| n.client_addr.clone()).collect();
         let mut probe_config = ClientConfig::new(endpoints.clone());
         probe_config.cluster_id = file.cluster.id.clone();
@@ -80,7 +105,7 @@ pub fn run_cluster(config: &Path, format: LogFormat) -> anyhow::Result<u8> {
                             if status.role == Role::Leader && announced != Some((status.node_id, status.term)) {
                                 announced = Some((status.node_id, status.term));
                                 println!("leader: node {} at {endpoint} (term {})", status.node_id, status.term);
-                                println!("try:    kvctl --endpoints {} put hello world", endpoints.join(","));
+                                println!("try:    {kvctl} --endpoints {} put hello world", endpoints.join(","));
                             }
                         }
                     }

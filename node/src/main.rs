@@ -12,14 +12,18 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
+/// A node of the kvs replicated key-value store.
+///
+/// Give `--id N` to run the node of the cluster file's [[nodes]] entry N, or
+/// the `cluster` command to run every node of the file on this machine.
 #[derive(Parser)]
-#[command(name = "kvs-node", version, about = "A node of the kvs replicated key-value store")]
+#[command(name = "kvs-node", version, about, long_about, subcommand_negates_reqs = true)]
 struct Cli {
     /// The cluster file.
     #[arg(long, global = true, default_value = "cluster.toml")]
     config: PathBuf,
-    /// Which [[nodes]] entry this process is.
-    #[arg(long)]
+    /// Which [[nodes]] entry this process is (required unless the `cluster` command is given).
+    #[arg(long, required = true)]
     id: Option<u64>,
     /// Trace format: text for people, json for machines. RUST_LOG filters (default: info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -69,8 +73,11 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("kvs-node: {e:#}");
+            // One line, once: a person reads stderr, a machine reads the JSON traces.
+            match cli.log_format {
+                LogFormat::Text => eprintln!("kvs-node: {e:#}"),
+                LogFormat::Json => error!("{e:#}"),
+            }
             std::process::ExitCode::from(2)
         }
     }

@@ -34,19 +34,19 @@ const EXIT_ERROR: u8 = 2;
 #[command(name = "kvctl", version, about, long_about)]
 struct Cli {
     /// Comma-separated client addresses (host:port) of the cluster's nodes.
-    #[arg(long, env = "KVS_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_parser = parse_endpoints)]
+    #[arg(long, global = true, env = "KVS_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_parser = parse_endpoints)]
     endpoints: Endpoints,
 
     /// Cluster id sent in the handshake (empty: accepted by any cluster).
-    #[arg(long, env = "KVS_CLUSTER_ID", default_value = "")]
+    #[arg(long, global = true, env = "KVS_CLUSTER_ID", default_value = "")]
     cluster_id: String,
 
     /// Print machine-readable JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 
     /// Overall deadline of the command in milliseconds, retries included.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
 
     #[command(subcommand)]
@@ -56,11 +56,22 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Store VALUE under KEY; prints the previous value, if any.
-    Put { key: String, value: String },
+    Put {
+        /// The key: 1 to 128 bytes by default (the cluster's `max_key_bytes`).
+        key: String,
+        /// The value: 1 to 2048 bytes by default (the cluster's `max_value_bytes`).
+        value: String,
+    },
     /// Print the value of KEY; exit code 1 if it does not exist.
-    Get { key: String },
+    Get {
+        /// The key to read.
+        key: String,
+    },
     /// Remove KEY; prints the removed value, if any.
-    Delete { key: String },
+    Delete {
+        /// The key to remove.
+        key: String,
+    },
     /// Show the Raft status of every endpoint.
     Status,
 }
@@ -96,6 +107,8 @@ fn config_of(cli: &Cli) -> ClientConfig {
     config.cluster_id = cli.cluster_id.clone();
     config.request_timeout = timeout;
     config.connect_timeout = config.connect_timeout.min(timeout);
+    // Nothing listening anywhere: say so at once rather than after the timeout.
+    config.fail_fast_when_unreachable = true;
     config
 }
 
