@@ -288,7 +288,7 @@ async fn handshake_rejection_is_a_typed_error() {
         let _hello = conn.next().await;
         let rejected = HelloReply::Rejected {
             reason: RejectReason::WrongCluster,
-            message: "this node belongs to cluster \"a\", not \"b\"".into(),
+            message: "this node does not belong to cluster \"b\"".into(),
         };
         conn.send(protocol::encode(&rejected).expect("encode"))
             .await
@@ -304,7 +304,7 @@ async fn handshake_rejection_is_a_typed_error() {
     match error {
         Error::Handshake { endpoint, message } => {
             assert_eq!(endpoint, addr);
-            assert!(message.contains("belongs to cluster"), "{message}");
+            assert!(message.contains("does not belong to cluster"), "{message}");
         }
         other => panic!("expected a handshake error, got {other:?}"),
     }

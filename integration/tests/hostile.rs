@@ -140,7 +140,10 @@ async fn hostile_input_on_client_and_peer_ports() {
         match reply {
             HelloReply::Rejected { reason, message } => {
                 assert_eq!(reason, RejectReason::WrongCluster, "{label}: {message}");
-                assert!(message.contains(cluster.cluster_id()), "{label}: {message}");
+                assert!(
+                    !message.contains(cluster.cluster_id()),
+                    "{label}: the refusal names the cluster id: {message}"
+                );
             }
             other => panic!("{label}: a wrong cluster id was accepted: {other:?}"),
         }
@@ -255,4 +258,112 @@ async fn hostile_input_on_client_and_peer_ports() {
         }
         other => panic!("no status answer: {other:?}"),
     }
+}
+
+/// Well-formed peer messages with terms and indexes no honest node sends (a
+/// RequestVote in term u64::MAX used to wrap every node's term): refused, the
+/// cluster's terms stay where they were, and it goes on serving.
+#[tokio::test]
+async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
+    use integration::protocol::{Command, Entry, PeerEnvelope, PeerMessage};
+
+    let mut cluster = TestCluster::start("hostile-terms", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, term) = cluster.wait_for_leader(bound).await;
+    let client = cluster.client();
+    client.put("before", "1").await.expect("put");
+
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let mut conn = RawConn::connect(&cluster.peer_endpoint(target)).await;
+    let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: leader }).await;
+    assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+    let hostile = [
+        (
+            u64::MAX,
+            PeerMessage::RequestVote {
+                last_log_index: u64::MAX,
+                last_log_term: u64::MAX,
+            },
+        ),
+        (
+            u64::MAX - 1,
+            PeerMessage::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![],
+                leader_commit: u64::MAX,
+                read_round: u64::MAX,
+                trim_to: u64::MAX,
+                follower_incarnation: 0,
+            },
+        ),
+        (
+            term,
+            PeerMessage::AppendEntries {
+                prev_log_index: u64::MAX - 1,
+                prev_log_term: term,
+                entries: vec![Entry {
+                    index: u64::MAX,
+                    term,
+                    request_id: 0,
+                    command: Command::Noop,
+                }],
+                leader_commit: u64::MAX,
+                read_round: 0,
+                trim_to: 0,
+                follower_incarnation: 0,
+            },
+        ),
+        (
+            term,
+            PeerMessage::InstallSnapshot {
+                last_index: u64::MAX,
+                last_term: u64::MAX,
+                data: vec![],
+                read_round: 0,
+            },
+        ),
+    ];
+    for (term, message) in hostile {
+        let envelope = PeerEnvelope {
+            from: leader,
+            to: target,
+            term,
+            message,
+        };
+        conn.send(&envelope).await.expect("send a hostile peer message");
+    }
+    // Answers, if any, go over the node's own link to the leader, not this one.
+    assert!(matches!(
+        conn.next_frame(Duration::from_millis(500)).await,
+        Next::Silent | Next::Closed
+    ));
+
+    assert_eq!(
+        client.put("after", "2").await.expect("put after the hostile messages"),
+        None
+    );
+    let view = cluster.view().await;
+    for status in view.statuses() {
+        assert!(
+            status.term < 1_000,
+            "node {} took a hostile term: {}",
+            status.node_id,
+            status.term
+        );
+    }
+    for id in cluster.ids() {
+        assert!(cluster.is_running(id), "node {id} stopped");
+        let log = cluster.log_text(id);
+        assert!(
+            !log.contains("panicked"),
+            "node {id} panicked:\n{}",
+            cluster.log_tail(id, 30)
+        );
+    }
+    assert!(
+        cluster.log_text(target).contains("peer message out of bounds: ignored"),
+        "no trace of the refusal:\n{}",
+        cluster.log_tail(target, 30)
+    );
 }

@@ -60,9 +60,10 @@ impl Hello {
         // a peer must always name the right cluster.
         let client_without_id = self.party == Party::Client && self.cluster_id.is_empty();
         if self.cluster_id != cluster_id && !client_without_id {
+            // Never this node's own id: knowing it is all a peer hello needs.
             return Err((
                 RejectReason::WrongCluster,
-                format!("this node belongs to cluster {cluster_id:?}, not {:?}", self.cluster_id),
+                format!("this node does not belong to cluster {:?}", self.cluster_id),
             ));
         }
         match (&self.party, expect_peer) {
@@ -106,7 +107,13 @@ mod tests {
         let hello = Hello::new("other", Party::Client);
         let (reason, message) = hello.check("kvs-local", false).unwrap_err();
         assert_eq!(reason, RejectReason::WrongCluster);
-        assert!(message.contains("kvs-local"));
+        assert!(message.contains("\"other\""), "{message}");
+        // The refusal must not tell a stranger the id a peer hello needs.
+        assert!(!message.contains("kvs-local"), "{message}");
+        let (_, message) = Hello::new("x", Party::Peer { node_id: 1 })
+            .check("kvs-local", true)
+            .unwrap_err();
+        assert!(!message.contains("kvs-local"), "{message}");
         assert!(Hello::new("", Party::Client).check("kvs-local", false).is_ok());
         assert!(Hello::new("", Party::Peer { node_id: 1 })
             .check("kvs-local", true)

@@ -105,3 +105,153 @@ pub enum PeerMessage {
         recovering: bool,
     },
 }
+
+/// The largest term a node takes from the network or reaches itself. 2^48
+/// elections are thousands of years even at one per millisecond, so a larger
+/// term is forged or corrupt; below it, `term + 1` can never overflow.
+pub const MAX_TERM: Term = 1 << 48;
+/// The largest log index a node takes from the network: far beyond any log
+/// that fits a disk, far below where index arithmetic could overflow.
+pub const MAX_LOG_INDEX: LogIndex = 1 << 56;
+
+/// A peer message carrying a term or an index no honest node can send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value} is beyond the limit of {limit}")]
+pub struct OutOfBounds {
+    pub field: &'static str,
+    pub value: u64,
+    pub limit: u64,
+}
+
+fn within(field: &'static str, value: u64, limit: u64) -> Result<(), OutOfBounds> {
+    if value > limit {
+        return Err(OutOfBounds { field, value, limit });
+    }
+    Ok(())
+}
+
+impl PeerEnvelope {
+    /// Checks every term against [`MAX_TERM`] and every log index against
+    /// [`MAX_LOG_INDEX`], so that no arithmetic on them can overflow.
+    pub fn check_bounds(&self) -> Result<(), OutOfBounds> {
+        let term = |field, value| within(field, value, MAX_TERM);
+        let index = |field, value| within(field, value, MAX_LOG_INDEX);
+        term("term", self.term)?;
+        match &self.message {
+            PeerMessage::RequestVote {
+                last_log_index,
+                last_log_term,
+            } => {
+                index("last_log_index", *last_log_index)?;
+                term("last_log_term", *last_log_term)
+            }
+            PeerMessage::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                trim_to,
+                ..
+            } => {
+                index("prev_log_index", *prev_log_index)?;
+                term("prev_log_term", *prev_log_term)?;
+                index("leader_commit", *leader_commit)?;
+                index("trim_to", *trim_to)?;
+                entries.iter().try_for_each(|entry| {
+                    index("entry index", entry.index)?;
+                    term("entry term", entry.term)
+                })
+            }
+            PeerMessage::AppendResponse {
+                match_index,
+                hint,
+                flushed_index,
+                ..
+            } => {
+                index("match_index", *match_index)?;
+                index("hint", *hint)?;
+                index("flushed_index", *flushed_index)
+            }
+            PeerMessage::InstallSnapshot {
+                last_index, last_term, ..
+            } => {
+                index("last_index", *last_index)?;
+                term("last_term", *last_term)
+            }
+            PeerMessage::SnapshotResponse { last_index, .. } => index("last_index", *last_index),
+            PeerMessage::VoteResponse { .. } | PeerMessage::TermProbe { .. } | PeerMessage::TermProbeReply { .. } => {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(term: Term, message: PeerMessage) -> PeerEnvelope {
+        PeerEnvelope {
+            from: 1,
+            to: 2,
+            term,
+            message,
+        }
+    }
+
+    #[test]
+    fn terms_and_indexes_beyond_the_limits_are_refused() {
+        let vote = |term, last_log_index, last_log_term| {
+            envelope(
+                term,
+                PeerMessage::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            )
+            .check_bounds()
+        };
+        assert_eq!(vote(MAX_TERM, MAX_LOG_INDEX, MAX_TERM), Ok(()));
+        assert_eq!(vote(u64::MAX, 0, 0).unwrap_err().field, "term");
+        assert_eq!(vote(1, MAX_LOG_INDEX + 1, 0).unwrap_err().field, "last_log_index");
+        assert_eq!(vote(1, 0, MAX_TERM + 1).unwrap_err().field, "last_log_term");
+
+        let entry = |index, term| Entry {
+            index,
+            term,
+            request_id: 0,
+            command: Command::Noop,
+        };
+        let append = |entries| {
+            envelope(
+                1,
+                PeerMessage::AppendEntries {
+                    prev_log_index: 0,
+                    prev_log_term: 0,
+                    entries,
+                    leader_commit: 0,
+                    read_round: u64::MAX,
+                    trim_to: 0,
+                    follower_incarnation: u64::MAX,
+                },
+            )
+            .check_bounds()
+        };
+        assert_eq!(append(vec![entry(1, 1)]), Ok(()));
+        assert_eq!(
+            append(vec![entry(1, 1), entry(u64::MAX, 1)]).unwrap_err().field,
+            "entry index"
+        );
+        assert_eq!(append(vec![entry(1, u64::MAX)]).unwrap_err().field, "entry term");
+        let snapshot = envelope(
+            1,
+            PeerMessage::InstallSnapshot {
+                last_index: u64::MAX,
+                last_term: 1,
+                data: Vec::new(),
+                read_round: 0,
+            },
+        );
+        assert_eq!(snapshot.check_bounds().unwrap_err().field, "last_index");
+    }
+}

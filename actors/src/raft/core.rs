@@ -356,7 +356,14 @@ impl RaftCore {
             self.ready.reset_election_timer = true;
             return;
         }
+        // Terms taken from peers are at most MAX_TERM, so this cannot overflow;
+        // past MAX_TERM no node would accept our messages anyway.
         let term = self.hard.term + 1;
+        if term > protocol::MAX_TERM {
+            tracing::error!(term = self.hard.term, "term limit reached: not campaigning");
+            self.ready.reset_election_timer = true;
+            return;
+        }
         self.set_hard_state(HardState {
             term,
             voted_for: Some(self.config.id),
@@ -863,7 +870,8 @@ impl RaftCore {
         progress.recently_active = true;
         progress.active_since_trim = true;
         progress.flushed_index = progress.flushed_index.max(flushed);
-        progress.read_round = progress.read_round.max(read_round);
+        // A round not started yet cannot have been answered.
+        progress.read_round = progress.read_round.max(read_round.min(self.read_round));
         if success {
             progress.match_index = progress.match_index.max(match_index.min(last_index));
             progress.next_index = progress.next_index.max(progress.match_index + 1);
@@ -894,6 +902,12 @@ impl RaftCore {
             || !self.config.members.contains(&envelope.from)
             || envelope.from == self.config.id
         {
+            return;
+        }
+        // Network input: a term or index past the limits is forged or corrupt,
+        // and taking it could overflow `term + 1` or index arithmetic later.
+        if let Err(error) = envelope.check_bounds() {
+            tracing::error!(from = envelope.from, %error, "peer message out of bounds: ignored");
             return;
         }
         let from = envelope.from;

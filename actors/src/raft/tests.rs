@@ -915,3 +915,42 @@ fn a_leader_drops_answers_from_before_a_follower_restarted() {
         }
     ));
 }
+
+// ----- hostile terms and indexes -----
+
+#[test]
+fn a_term_beyond_the_limit_changes_nothing() {
+    let mut node = core_with_log(1, &[1, 2, 3], 3, vec![entry(1, 1)]);
+    for term in [protocol::MAX_TERM + 1, u64::MAX] {
+        node.step(vote_request(2, 1, term, u64::MAX, term));
+        node.step(append(2, 1, term, (1, 1), vec![], 1));
+        let ready = node.take_ready();
+        assert_eq!(node.term(), 3, "term {term} was taken");
+        assert!(
+            ready.hard_state.is_none() && ready.after_persist.is_empty(),
+            "{ready:?}"
+        );
+    }
+    // An index past the limit, in an otherwise honest term, is ignored too.
+    node.step(append(2, 1, 3, (1, 1), vec![entry(u64::MAX, 3)], u64::MAX));
+    assert!(append_reply(&node.take_ready()).is_none());
+    assert_eq!(node.log().last_index(), 1);
+}
+
+#[test]
+fn a_node_at_the_term_limit_neither_overflows_nor_reuses_a_term() {
+    let mut node = core_with_log(1, &[1, 2, 3], 1, vec![]);
+    // The largest term allowed is taken...
+    node.step(vote_request(2, 1, protocol::MAX_TERM, 0, 0));
+    assert_eq!(node.term(), protocol::MAX_TERM);
+    node.take_ready();
+    // ...and an election from there would need a term past it: no campaign.
+    node.election_timeout();
+    let ready = node.take_ready();
+    assert_eq!(node.term(), protocol::MAX_TERM);
+    assert_eq!(node.role(), Role::Follower);
+    assert!(
+        ready.hard_state.is_none() && ready.after_persist.is_empty(),
+        "{ready:?}"
+    );
+}
