@@ -134,7 +134,7 @@ impl CommitActor {
         }
         let fresh = match self.state.take_flush_batch(self.flush_requested) {
             Ok(fresh) => fresh,
-            Err(e) => return fatal(&format!("state could not be encoded for a flush: {e}")),
+            Err(e) => fatal(&format!("state could not be encoded for a flush: {e}")),
         };
         let batch = match (self.failed_batch.take(), fresh) {
             (Some(failed), Some(fresh)) => failed.then(fresh),

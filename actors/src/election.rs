@@ -252,11 +252,18 @@ pub fn persist_request(core: &RaftCore, ready: &mut Ready) -> Option<Persist> {
     })
 }
 
-/// A failure this node cannot recover from without losing durability: stop
-/// the node (the process exits non-zero) rather than go on unsafely.
-pub(crate) fn fatal(reason: &str) {
+/// Exit code of a node stopped by [`fatal`].
+pub const EXIT_FATAL: i32 = 70;
+
+/// A failure this node cannot recover from without losing durability: the
+/// process exits at once rather than go on unsafely. Not `System::stop`: that
+/// lets every actor go on handling what is queued in its mailbox (and, say,
+/// acknowledge appends against a log that just failed) until the system winds
+/// down. Exiting without running destructors loses nothing: only what was
+/// fsynced was ever acknowledged, and the next start recovers from the files.
+pub(crate) fn fatal(reason: &str) -> ! {
     error!("fatal: {reason}; stopping the node");
-    System::current().stop_with_code(70);
+    std::process::exit(EXIT_FATAL)
 }
 
 impl Actor for ElectionActor {

@@ -342,6 +342,19 @@ impl RaftCore {
         if self.role == Role::Leader {
             return;
         }
+        if self.recovery.is_some() && self.config.members.len() == 1 {
+            // A cluster of one: nobody can ever answer a probe, and waiting
+            // would stop it for good. Resume, as when a majority reports the
+            // same loss (`on_term_probe_reply`). With two nodes the first answer
+            // both tells the term and shows that no intact majority exists.
+            tracing::warn!(
+                members = self.config.members.len(),
+                "too many nodes lost durable state: resuming with what survived \
+                 (acknowledged writes may be lost)"
+            );
+            self.spend_vote_in(self.hard.term);
+            self.end_recovery();
+        }
         if let Some(recovery) = self.recovery.as_mut() {
             // Invariant 9: no campaign; ask (again) which term the cluster is in,
             // in a new round, so that only fresh answers count.

@@ -954,3 +954,43 @@ fn a_node_at_the_term_limit_neither_overflows_nor_reuses_a_term() {
         "{ready:?}"
     );
 }
+
+#[test]
+fn a_single_node_that_lost_durable_state_resumes_at_its_first_timeout() {
+    // Nobody can answer a probe: waiting would keep it in recovery forever.
+    let hard = HardState {
+        term: 4,
+        voted_for: None,
+        recovering: true,
+    };
+    let mut node = RaftCore::new(config(1, &[1]), hard, MemLog::new(0, 0, vec![entry(1, 1)]), 0);
+    assert!(node.is_recovering());
+    node.election_timeout();
+    let ready = node.take_ready();
+    assert!(!node.is_recovering());
+    // The vote of term 4 may have been lost: it stays spent, so the node
+    // campaigns in a new term, which it wins alone.
+    let hard = ready.hard_state.expect("the end of the recovery is persisted");
+    assert!(!hard.recovering);
+    assert!(hard.term > 4 || hard.voted_for == Some(1), "{hard:?}");
+    assert_eq!(node.role(), Role::Leader);
+    assert!(node.term() > 4);
+}
+
+#[test]
+fn a_node_of_two_that_lost_durable_state_resumes_too() {
+    let hard = HardState {
+        term: 4,
+        voted_for: None,
+        recovering: true,
+    };
+    let mut node = RaftCore::new(config(1, &[1, 2]), hard, MemLog::new(0, 0, vec![entry(1, 1)]), 0);
+    node.election_timeout();
+    node.take_ready();
+    assert!(node.is_recovering(), "its peer can tell it the term: it asks first");
+    node.step(probe_reply(2, 1, 9, false));
+    node.take_ready();
+    assert!(!node.is_recovering());
+    assert_eq!(node.term(), 9, "the term it learned, with its vote spent");
+    assert_eq!(node.hard_state().voted_for, Some(1));
+}
