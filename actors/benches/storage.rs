@@ -22,6 +22,7 @@ fn put(index: u64, key: u64) -> Entry {
                 client_id: key % 64,
                 seq: index,
                 acked_below: index.saturating_sub(1),
+                floor: Some(0),
             }),
         },
     }

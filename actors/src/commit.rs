@@ -176,6 +176,7 @@ impl Actor for CommitActor {
             keys = self.state.len(),
             "commit actor started"
         );
+        self.view.set_applied(self.state.applied_index());
         ctx.run_interval(self.settings.commit_interval, |_, ctx| ctx.notify(FlushTick));
         // Recovery may have applied nothing new yet, but the store's own point is flushed.
         self.election.do_send(Flushed(self.flushed));
@@ -222,6 +223,7 @@ impl Handler<Apply> for CommitActor {
                 let _ = responder.send(answer);
             }
         }
+        self.view.set_applied(self.state.applied_index());
         self.serve_ready_reads();
     }
 }
@@ -365,6 +367,7 @@ impl Handler<InstallSnapshot> for CommitActor {
             "snapshot installed in memory; writing to the store"
         );
         self.state = state;
+        self.view.set_applied(self.state.applied_index());
         self.failed_batch = None;
         self.flush_failures = 0;
         self.retry_at = None;

@@ -60,11 +60,13 @@ pub trait PeerTransport: Send + Sync + 'static {
     fn send(&self, envelope: PeerEnvelope);
 }
 
-/// The node's current term and role, readable by every actor for its trace spans.
+/// The node's current term and role, readable by every actor for its trace
+/// spans, and its applied index, told to clients in the handshake.
 #[derive(Debug, Default)]
 pub struct NodeView {
     term: AtomicU64,
     role: AtomicU8,
+    applied: AtomicU64,
 }
 
 impl NodeView {
@@ -80,6 +82,15 @@ impl NodeView {
 
     pub fn term(&self) -> Term {
         self.term.load(Ordering::Relaxed)
+    }
+
+    /// Only the CommitActor sets it, after applying.
+    pub fn set_applied(&self, index: LogIndex) {
+        self.applied.store(index, Ordering::Relaxed);
+    }
+
+    pub fn applied(&self) -> LogIndex {
+        self.applied.load(Ordering::Relaxed)
     }
 
     pub fn role(&self) -> Role {

@@ -3,16 +3,48 @@
 //! Applying the same committed entries in the same order gives the same state
 //! on every node; nothing here reads a clock or a random number, so session
 //! eviction too is the same everywhere.
+//!
+//! Sessions. A write carrying a [`Session`] is applied once per
+//! `(client_id, seq)`: its answer is remembered until the client acknowledges
+//! it (`acked_below`), and a retry gets the remembered answer. The table is
+//! bounded ([`MAX_SESSIONS`] sessions, [`MAX_SESSION_BYTES`] of answers, at
+//! most [`MAX_SESSION_BACKLOG`] unacknowledged answers per session); past the
+//! bounds the least recently active session is forgotten, and
+//! `evicted_through` keeps the highest log index at which any forgotten
+//! session was active. Safety argument: a write of a session that is not in
+//! the table is accepted as the start of a new session only if its `floor`
+//! (an applied index the client heard of before the session's first write,
+//! so below every entry of the session) is at or above `evicted_through`. A
+//! session that had been applied and then forgotten was active at an index
+//! above its floor, which made `evicted_through` exceed that floor: so its late
+//! retries are refused (`SessionExpired`), never applied a second time.
+//!
+//! Entries written before sessions had a floor (`floor: None`, protocol
+//! version 1) are applied by that version's rule, unchanged, so that a node
+//! replaying them after the upgrade ends where a node that applied them
+//! before it did: an unknown session with `acked_below > 1` is refused, the
+//! table is bounded by count only, and the watermark does not move.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use protocol::{ClientError, Command, Entry, LogIndex, Session, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{FlushBatch, StoredState};
 
-/// Most client sessions remembered; the least recently used is forgotten first.
+/// Most client sessions remembered; the least recently active is forgotten first.
 pub const MAX_SESSIONS: usize = 50_000;
+/// Most bytes of remembered answers, over all sessions (each answer counts
+/// its value's length plus [`ANSWER_OVERHEAD`]). Small enough that the whole
+/// table fits one MongoDB document (16 MiB) until it is persisted per session.
+/// These bounds are replicated rules: changing one changes what a replayed
+/// entry does, so they change only with the protocol version.
+pub const MAX_SESSION_BYTES: usize = 8 << 20;
+/// Most unacknowledged answers one session may hold: a write with
+/// `seq >= acked_below + MAX_SESSION_BACKLOG` is refused, not applied.
+pub const MAX_SESSION_BACKLOG: u64 = 1024;
+/// What one remembered answer costs besides its value, for [`MAX_SESSION_BYTES`].
+const ANSWER_OVERHEAD: usize = 32;
 
 /// What applying one entry answered.
 pub type ApplyResult = Result<Option<String>, ClientError>;
@@ -24,6 +56,30 @@ struct ClientSession {
     acked_below: u64,
     /// Log index of the last write of this client (for eviction order).
     last_index: LogIndex,
+}
+
+fn answer_bytes(answer: &Option<String>) -> usize {
+    answer.as_ref().map_or(0, String::len) + ANSWER_OVERHEAD
+}
+
+impl ClientSession {
+    fn bytes(&self) -> usize {
+        self.results.values().map(answer_bytes).sum()
+    }
+}
+
+/// The session table as persisted and sent in snapshots.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SessionTable {
+    sessions: HashMap<u64, ClientSession>,
+    evicted_through: LogIndex,
+}
+
+/// Borrowing twin of [`SessionTable`], for encoding without a copy.
+#[derive(Serialize)]
+struct SessionTableRef<'a> {
+    sessions: &'a HashMap<u64, ClientSession>,
+    evicted_through: LogIndex,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +97,20 @@ struct SnapshotImage {
     applied_term: Term,
     data: HashMap<String, String>,
     sessions: HashMap<u64, ClientSession>,
+    #[serde(default)]
+    evicted_through: LogIndex,
 }
 
 #[derive(Debug, Default)]
 pub struct StateMachine {
     data: HashMap<String, String>,
     sessions: HashMap<u64, ClientSession>,
+    /// `(last_index, client_id)` of every session: the eviction order.
+    by_activity: BTreeSet<(LogIndex, u64)>,
+    /// Bytes of remembered answers over all sessions.
+    session_bytes: usize,
+    /// The highest log index at which a forgotten session was active.
+    evicted_through: LogIndex,
     applied_index: LogIndex,
     applied_term: Term,
     /// Keys changed since the last flush.
@@ -54,16 +118,32 @@ pub struct StateMachine {
     sessions_dirty: bool,
 }
 
+/// Decodes a persisted session table; tables written before the eviction
+/// watermark existed are a bare map of sessions.
+fn decode_session_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
+    if bytes.is_empty() {
+        return Ok(SessionTable::default());
+    }
+    match rmp_serde::from_slice::<SessionTable>(bytes) {
+        Ok(table) => Ok(table),
+        Err(_) => Ok(SessionTable {
+            sessions: rmp_serde::from_slice(bytes)?,
+            evicted_through: 0,
+        }),
+    }
+}
+
 impl StateMachine {
     pub fn from_stored(stored: StoredState) -> Result<Self, StateError> {
-        let sessions = if stored.sessions.is_empty() {
-            HashMap::new()
-        } else {
-            rmp_serde::from_slice(&stored.sessions)?
-        };
+        let table = decode_session_table(&stored.sessions)?;
+        let by_activity = table.sessions.iter().map(|(id, s)| (s.last_index, *id)).collect();
+        let session_bytes = table.sessions.values().map(ClientSession::bytes).sum();
         Ok(StateMachine {
             data: stored.data,
-            sessions,
+            sessions: table.sessions,
+            by_activity,
+            session_bytes,
+            evicted_through: table.evicted_through,
             applied_index: stored.applied_index,
             applied_term: stored.applied_term,
             dirty: HashSet::new(),
@@ -89,6 +169,11 @@ impl StateMachine {
 
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// How many sessions are remembered, and the eviction watermark.
+    pub fn session_count(&self) -> (usize, LogIndex) {
+        (self.sessions.len(), self.evicted_through)
     }
 
     /// Applies one committed entry. Entries at or below the applied index are
@@ -122,18 +207,52 @@ impl StateMachine {
         let Some(session) = session else {
             return Ok(write(&mut self.data, &mut self.dirty));
         };
+        let expired = Err(ClientError::SessionExpired {
+            applied_index: self.applied_index,
+        });
+        let id = session.client_id;
+        if !self.sessions.contains_key(&id) {
+            match session.floor {
+                // Written before floors existed (an entry from before the
+                // upgrade, replayed from a log): the rule of that version,
+                // unchanged, so that every node applies it the same way.
+                None => {
+                    if session.acked_below > 1 {
+                        return expired;
+                    }
+                    if self.sessions.len() >= MAX_SESSIONS {
+                        self.evict_oldest(None, false);
+                    }
+                }
+                Some(floor) => {
+                    if floor < self.evicted_through {
+                        // A session forgotten after it was active above this
+                        // floor could be this one: the write may have been
+                        // applied before.
+                        return expired;
+                    }
+                    // A refused first write leaves no session behind, so
+                    // requests cannot grow the table past its bounds.
+                    if session.seq < session.acked_below {
+                        return expired;
+                    }
+                    if session.seq >= session.acked_below.saturating_add(MAX_SESSION_BACKLOG) {
+                        return Err(ClientError::SessionBacklogFull {
+                            max: MAX_SESSION_BACKLOG,
+                        });
+                    }
+                }
+            }
+            self.sessions.insert(id, ClientSession::default());
+            self.by_activity.insert((0, id));
+        }
         self.sessions_dirty = true;
-        let known = self.sessions.contains_key(&session.client_id);
-        if !known && session.acked_below > 1 {
-            // The client has history we no longer remember: we cannot tell whether
-            // this write was applied before, so we must not apply it again.
-            return Err(ClientError::SessionExpired);
-        }
-        if !known {
-            self.evict_if_full();
-        }
-        let record = self.sessions.entry(session.client_id).or_default();
+        let Some(record) = self.sessions.get_mut(&id) else {
+            return expired;
+        };
+        self.by_activity.remove(&(record.last_index, id));
         record.last_index = index;
+        self.by_activity.insert((index, id));
         if session.acked_below > record.acked_below {
             record.acked_below = session.acked_below;
             // The client has its answers below `acked_below`: forget them.
@@ -141,34 +260,56 @@ impl StateMachine {
                 if *first.key() >= session.acked_below {
                     break;
                 }
-                first.remove();
+                self.session_bytes = self.session_bytes.saturating_sub(answer_bytes(&first.remove()));
             }
         }
         if session.seq < record.acked_below {
-            return Err(ClientError::SessionExpired);
+            return expired;
         }
         if let Some(previous) = record.results.get(&session.seq) {
             return Ok(previous.clone());
         }
+        let bounded = session.floor.is_some();
+        if bounded && session.seq >= record.acked_below.saturating_add(MAX_SESSION_BACKLOG) {
+            return Err(ClientError::SessionBacklogFull {
+                max: MAX_SESSION_BACKLOG,
+            });
+        }
         let old = write(&mut self.data, &mut self.dirty);
-        if let Some(record) = self.sessions.get_mut(&session.client_id) {
-            record.results.insert(session.seq, old.clone());
+        self.session_bytes = self.session_bytes.saturating_add(answer_bytes(&old));
+        record.results.insert(session.seq, old.clone());
+        if bounded {
+            while self.sessions.len() > MAX_SESSIONS || self.session_bytes > MAX_SESSION_BYTES {
+                if !self.evict_oldest(Some(id), true) {
+                    break;
+                }
+            }
         }
         Ok(old)
     }
 
-    fn evict_if_full(&mut self) {
-        if self.sessions.len() < MAX_SESSIONS {
-            return;
+    /// Forgets the least recently active session other than `keep` (the one
+    /// just active); with `raise_watermark`, records where it was last active.
+    /// Returns whether there was one to forget.
+    fn evict_oldest(&mut self, keep: Option<u64>, raise_watermark: bool) -> bool {
+        let Some(&(last_index, id)) = self.by_activity.iter().find(|(_, id)| Some(*id) != keep) else {
+            return false;
+        };
+        self.by_activity.remove(&(last_index, id));
+        if let Some(evicted) = self.sessions.remove(&id) {
+            self.session_bytes = self.session_bytes.saturating_sub(evicted.bytes());
         }
-        let oldest = self
-            .sessions
-            .iter()
-            .min_by_key(|(id, s)| (s.last_index, **id))
-            .map(|(id, _)| *id);
-        if let Some(id) = oldest {
-            self.sessions.remove(&id);
+        if raise_watermark {
+            self.evicted_through = self.evicted_through.max(last_index);
         }
+        true
+    }
+
+    fn encode_sessions(&self) -> Result<Vec<u8>, StateError> {
+        Ok(rmp_serde::to_vec(&SessionTableRef {
+            sessions: &self.sessions,
+            evicted_through: self.evicted_through,
+        })?)
     }
 
     /// The changes since the last call, or None if nothing changed and the
@@ -180,7 +321,7 @@ impl StateMachine {
         let mut batch = FlushBatch {
             applied_index: self.applied_index,
             applied_term: self.applied_term,
-            sessions: rmp_serde::to_vec(&self.sessions)?,
+            sessions: self.encode_sessions()?,
             ..FlushBatch::default()
         };
         for key in self.dirty.drain() {
@@ -200,6 +341,7 @@ impl StateMachine {
             applied_term: self.applied_term,
             data: &self.data,
             sessions: &self.sessions,
+            evicted_through: self.evicted_through,
         };
         Ok(rmp_serde::to_vec(&image)?)
     }
@@ -207,11 +349,15 @@ impl StateMachine {
     /// Decodes a snapshot into the state it describes, as the store should hold it.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<StoredState, StateError> {
         let image: SnapshotImage = rmp_serde::from_slice(bytes)?;
+        let sessions = rmp_serde::to_vec(&SessionTableRef {
+            sessions: &image.sessions,
+            evicted_through: image.evicted_through,
+        })?;
         Ok(StoredState {
             applied_index: image.applied_index,
             applied_term: image.applied_term,
             data: image.data,
-            sessions: rmp_serde::to_vec(&image.sessions)?,
+            sessions,
         })
     }
 }
@@ -223,6 +369,7 @@ struct SnapshotImageRef<'a> {
     applied_term: Term,
     data: &'a HashMap<String, String>,
     sessions: &'a HashMap<u64, ClientSession>,
+    evicted_through: LogIndex,
 }
 
 #[cfg(test)]
@@ -243,10 +390,25 @@ mod tests {
     }
 
     fn session(client_id: u64, seq: u64, acked_below: u64) -> Option<Session> {
+        session_from(client_id, seq, acked_below, 0)
+    }
+
+    fn session_from(client_id: u64, seq: u64, acked_below: u64, floor: LogIndex) -> Option<Session> {
         Some(Session {
             client_id,
             seq,
             acked_below,
+            floor: Some(floor),
+        })
+    }
+
+    /// A session as written before floors existed (protocol version 1).
+    fn legacy(client_id: u64, seq: u64, acked_below: u64) -> Option<Session> {
+        Some(Session {
+            client_id,
+            seq,
+            acked_below,
+            floor: None,
         })
     }
 
@@ -293,19 +455,196 @@ mod tests {
         sm.apply(&put(2, "k", "b", session(9, 2, 2)));
         assert_eq!(
             sm.apply(&put(3, "k", "c", session(9, 1, 2))),
-            Some(Err(ClientError::SessionExpired))
+            Some(Err(ClientError::SessionExpired { applied_index: 3 }))
         );
         assert_eq!(sm.get("k").as_deref(), Some("b"));
     }
 
     #[test]
-    fn an_unknown_session_with_history_is_refused() {
+    fn an_unknown_session_whose_first_writes_never_arrived_is_accepted() {
+        // Writes 1 to 6 were refused before the log (too large, no leader...):
+        // the session is new here however far its client has counted.
         let mut sm = StateMachine::default();
+        assert_eq!(sm.apply(&put(1, "k", "a", session(5, 7, 7))), Some(Ok(None)));
+        assert_eq!(sm.get("k").as_deref(), Some("a"));
+    }
+
+    /// Applies one write for each of `count` fresh sessions, from index `from`.
+    fn crowd(sm: &mut StateMachine, from: LogIndex, count: u64) -> LogIndex {
+        for n in 0..count {
+            sm.apply(&put(from + n, "crowd", "x", session(1_000_000 + from + n, 1, 1)));
+        }
+        from + count
+    }
+
+    #[test]
+    fn a_retried_first_write_of_an_evicted_session_is_refused_not_applied_twice() {
+        let mut sm = StateMachine::default();
+        sm.apply(&put(1, "k", "0", None));
+        // Session 7's first write is applied; its answer is lost.
         assert_eq!(
-            sm.apply(&put(1, "k", "a", session(5, 7, 7))),
-            Some(Err(ClientError::SessionExpired))
+            sm.apply(&put(2, "k", "a", session(7, 1, 1))),
+            Some(Ok(Some("0".into())))
         );
+        sm.apply(&put(3, "k", "b", None));
+        // A crowd of new clients pushes it out.
+        let next = crowd(&mut sm, 4, MAX_SESSIONS as u64);
+        assert_eq!(sm.session_count(), (MAX_SESSIONS, 2));
+        // Its retry must not be applied again: "a" would overwrite "b".
+        assert_eq!(
+            sm.apply(&put(next, "k", "a", session(7, 1, 1))),
+            Some(Err(ClientError::SessionExpired { applied_index: next }))
+        );
+        assert_eq!(sm.get("k").as_deref(), Some("b"));
+        // A new session from the index the refusal named is accepted.
+        assert_eq!(
+            sm.apply(&put(next + 1, "k", "c", session_from(8, 1, 1, next))),
+            Some(Ok(Some("b".into())))
+        );
+        // A session that began before an eviction and is unknown: refused too.
+        assert_eq!(
+            sm.apply(&put(next + 2, "k", "d", session_from(9, 1, 1, 1))),
+            Some(Err(ClientError::SessionExpired {
+                applied_index: next + 2
+            }))
+        );
+    }
+
+    #[test]
+    fn refused_first_writes_leave_no_session_behind() {
+        let mut sm = StateMachine::default();
+        for id in 0..100 {
+            // seq below its own acked_below, and seq beyond the backlog.
+            assert!(matches!(
+                sm.apply(&put(2 * id + 1, "k", "v", session(id, 0, 1))),
+                Some(Err(ClientError::SessionExpired { .. }))
+            ));
+            assert!(matches!(
+                sm.apply(&put(
+                    2 * id + 2,
+                    "k",
+                    "v",
+                    session(1000 + id, MAX_SESSION_BACKLOG + 1, 1)
+                )),
+                Some(Err(ClientError::SessionBacklogFull { .. }))
+            ));
+        }
+        assert_eq!(sm.session_count(), (0, 0));
         assert_eq!(sm.get("k"), None);
+    }
+
+    #[test]
+    fn entries_from_before_floors_keep_their_old_rule() {
+        let mut sm = StateMachine::default();
+        // An unknown session with history is refused, as version 1 did...
+        assert!(matches!(
+            sm.apply(&put(1, "k", "a", legacy(5, 7, 7))),
+            Some(Err(ClientError::SessionExpired { .. }))
+        ));
+        // ...a fresh one is taken, retries answer once...
+        assert_eq!(sm.apply(&put(2, "k", "a", legacy(6, 1, 1))), Some(Ok(None)));
+        assert_eq!(sm.apply(&put(3, "k", "a", legacy(6, 1, 1))), Some(Ok(None)));
+        // ...and evictions by version-1 entries do not move the watermark.
+        crowd_legacy(&mut sm, 4, MAX_SESSIONS as u64);
+        assert_eq!(sm.session_count(), (MAX_SESSIONS, 0));
+        assert_eq!(sm.get("k").as_deref(), Some("a"));
+    }
+
+    fn crowd_legacy(sm: &mut StateMachine, from: LogIndex, count: u64) {
+        for n in 0..count {
+            sm.apply(&put(from + n, "crowd", "x", legacy(1_000_000 + from + n, 1, 1)));
+        }
+    }
+
+    #[test]
+    fn a_session_may_not_hold_more_than_its_backlog() {
+        let mut sm = StateMachine::default();
+        let last = MAX_SESSION_BACKLOG;
+        for seq in 1..=last {
+            assert_eq!(
+                sm.apply(&put(seq, "k", "v", session(3, seq, 1))).map(|r| r.is_ok()),
+                Some(true)
+            );
+        }
+        assert_eq!(
+            sm.apply(&put(last + 1, "k", "beyond", session(3, last + 1, 1))),
+            Some(Err(ClientError::SessionBacklogFull {
+                max: MAX_SESSION_BACKLOG
+            }))
+        );
+        assert_eq!(sm.get("k").as_deref(), Some("v"), "the refused write was not applied");
+        // Acknowledging the backlog makes room.
+        assert_eq!(
+            sm.apply(&put(last + 2, "k", "room", session(3, last + 1, last + 1))),
+            Some(Ok(Some("v".into())))
+        );
+    }
+
+    #[test]
+    fn remembered_answers_are_bounded_in_bytes() {
+        let mut sm = StateMachine::default();
+        let big = "v".repeat(2048);
+        // Each write remembers the previous big value as its answer.
+        let writes = MAX_SESSION_BYTES / (big.len() + ANSWER_OVERHEAD) + 10;
+        for n in 0..writes as u64 {
+            sm.apply(&put(n + 1, "k", &big, session(n + 1, 1, 1)));
+        }
+        assert!(sm.session_bytes <= MAX_SESSION_BYTES, "{}", sm.session_bytes);
+        let (count, watermark) = sm.session_count();
+        assert!(
+            count < writes && watermark > 0,
+            "{count} sessions, watermark {watermark}"
+        );
+        // The accounting matches what is held.
+        let held: usize = sm.sessions.values().map(ClientSession::bytes).sum();
+        assert_eq!(held, sm.session_bytes);
+    }
+
+    #[test]
+    fn the_eviction_watermark_survives_flushes_snapshots_and_old_tables() {
+        let mut sm = StateMachine::default();
+        let next = crowd(&mut sm, 1, MAX_SESSIONS as u64 + 1);
+        let watermark = sm.session_count().1;
+        assert_eq!(watermark, 1);
+        let batch = sm.take_flush_batch(0).unwrap().unwrap();
+        let stored = StoredState {
+            applied_index: batch.applied_index,
+            applied_term: batch.applied_term,
+            data: HashMap::new(),
+            sessions: batch.sessions,
+        };
+        let mut reloaded = StateMachine::from_stored(stored).unwrap();
+        assert_eq!(reloaded.session_count(), (MAX_SESSIONS, watermark));
+        let snapshot = StateMachine::decode_snapshot(&sm.snapshot().unwrap()).unwrap();
+        assert_eq!(
+            StateMachine::from_stored(snapshot).unwrap().session_count(),
+            (MAX_SESSIONS, watermark)
+        );
+        // Still enforced after the reload.
+        assert!(matches!(
+            reloaded.apply(&put(next, "k", "v", session(4, 1, 1))),
+            Some(Err(ClientError::SessionExpired { .. }))
+        ));
+
+        // A table written before the watermark existed: a bare map of sessions.
+        let old: HashMap<u64, ClientSession> = HashMap::from([(
+            5,
+            ClientSession {
+                results: BTreeMap::from([(1, Some("a".into()))]),
+                acked_below: 1,
+                last_index: 3,
+            },
+        )]);
+        let stored = StoredState {
+            sessions: rmp_serde::to_vec(&old).unwrap(),
+            ..StoredState::default()
+        };
+        let mut upgraded = StateMachine::from_stored(stored).unwrap();
+        assert_eq!(upgraded.session_count(), (1, 0));
+        assert_eq!(
+            upgraded.apply(&put(4, "k", "b", session(5, 1, 1))),
+            Some(Ok(Some("a".into())))
+        );
     }
 
     #[test]

@@ -84,6 +84,8 @@ impl AsyncWrite for NoSigpipe {
 pub(crate) struct Connection {
     endpoint: String,
     node_id: NodeId,
+    /// The node's applied index when it accepted the connection.
+    applied_index: protocol::LogIndex,
     frames: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
@@ -130,8 +132,10 @@ impl Connection {
                 })
             }
         };
-        let node_id = match protocol::decode::<HelloReply>(&frame)? {
-            HelloReply::Accepted { node_id, .. } => node_id,
+        let (node_id, applied_index) = match protocol::decode::<HelloReply>(&frame)? {
+            HelloReply::Accepted {
+                node_id, applied_index, ..
+            } => (node_id, applied_index),
             HelloReply::Rejected { reason, message } => {
                 tracing::debug!(endpoint, ?reason, %message, "handshake rejected");
                 return Err(Error::Handshake {
@@ -151,6 +155,7 @@ impl Connection {
         Ok(Connection {
             endpoint: endpoint.to_string(),
             node_id,
+            applied_index,
             frames,
             shared,
             reader,
@@ -160,6 +165,10 @@ impl Connection {
 
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    pub(crate) fn applied_index(&self) -> protocol::LogIndex {
+        self.applied_index
     }
 
     pub(crate) fn node_id(&self) -> NodeId {

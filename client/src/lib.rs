@@ -35,7 +35,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::connection::Connection;
-use crate::session::SessionTracker;
+use crate::session::{SessionTracker, WriteSlot};
 
 /// Longest a single attempt waits for its answer before the connection is
 /// abandoned and the request re-sent (bounded by the operation's deadline).
@@ -84,9 +84,15 @@ impl ClientConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server refused the request for a reason retrying cannot fix
-    /// (`KeyTooLarge`, `ValueTooLarge`, `EmptyKey`, `Malformed`, `SessionExpired`).
+    /// (`KeyTooLarge`, `ValueTooLarge`, `EmptyKey`, `Malformed`,
+    /// `SessionBacklogFull`): it was not applied.
     #[error(transparent)]
     Server(#[from] ClientError),
+    /// The server forgot this write's exactly-once session after an earlier
+    /// attempt of the write had been sent: it may or may not have been
+    /// applied (at most once). Later writes go to a new session.
+    #[error("the write's exactly-once session expired after it was sent: it may or may not have been applied")]
+    SessionLost,
     /// No connection could be made. Returned by an operation only when it never
     /// managed to send its request, so a write failing this way was not applied.
     #[error("cannot connect to {endpoint}")]
@@ -156,7 +162,6 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
-    client_id: u64,
     next_request_id: AtomicU64,
     sessions: Mutex<SessionTracker>,
     slot: tokio::sync::Mutex<Slot>,
@@ -208,7 +213,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("endpoints", &self.inner.config.endpoints)
-            .field("client_id", &self.inner.client_id)
+            .field("client_id", &self.client_id())
             .field("connected", &self.connected_endpoint())
             .finish()
     }
@@ -231,9 +236,8 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
-                client_id,
                 next_request_id: AtomicU64::new(1),
-                sessions: Mutex::new(SessionTracker::new()),
+                sessions: Mutex::new(SessionTracker::new(client_id)),
                 slot: tokio::sync::Mutex::new(Slot {
                     conn: None,
                     generation: 0,
@@ -348,9 +352,10 @@ impl Client {
         lock(&self.inner.connected).clone()
     }
 
-    /// This client's exactly-once session id (random, chosen at creation).
+    /// The id of the exactly-once session new writes go to (random; a new
+    /// one is chosen when the cluster has forgotten the old one).
     pub fn client_id(&self) -> u64 {
-        self.inner.client_id
+        lock(&self.inner.sessions).current_id()
     }
 
     /// The configuration in use (endpoints trimmed, empty ones dropped).
@@ -363,7 +368,11 @@ impl Client {
     async fn execute(&self, request: Request<'_>) -> Result<Reply, Error> {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.config.request_timeout;
-        let seq = request.is_write().then(|| SeqGuard::begin(inner));
+        let mut seq = request.is_write().then(|| SeqGuard::begin(inner));
+        // An attempt of this write's current slot was sent and its outcome is
+        // unknown (no answer, OutcomeUnknown, Unavailable): it may be applied.
+        // NotLeader is definite: a follower proposes nothing.
+        let mut maybe_applied = false;
         let mut backoff = Backoff::new();
         let mut sent = false;
         let mut redirects = 0u32;
@@ -385,10 +394,14 @@ impl Client {
                 }
             };
 
-            let session = seq.as_ref().map(|seq| Session {
-                client_id: inner.client_id,
-                seq: seq.seq,
-                acked_below: lock(&inner.sessions).acked_below(),
+            let session = seq.as_ref().map(|guard| {
+                let (acked_below, floor) = lock(&inner.sessions).send(guard.slot);
+                Session {
+                    client_id: guard.slot.client_id,
+                    seq: guard.slot.seq,
+                    acked_below,
+                    floor: Some(floor),
+                }
             });
             let id = inner.next_request_id();
             let frame = encode_request(&ClientRequest {
@@ -400,6 +413,7 @@ impl Client {
             let response = match tokio::time::timeout(limit, conn.call(id, frame)).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(error)) => {
+                    maybe_applied = true;
                     tracing::debug!(endpoint = conn.endpoint(), %error, "attempt failed; reconnecting");
                     inner.invalidate(generation, deadline).await;
                     last_error = Some(error);
@@ -407,6 +421,7 @@ impl Client {
                     continue;
                 }
                 Err(_) => {
+                    maybe_applied = true;
                     tracing::debug!(
                         endpoint = conn.endpoint(),
                         "no answer in time; abandoning the connection"
@@ -439,9 +454,23 @@ impl Client {
                     backoff.wait(deadline).await;
                 }
                 Err(error @ (ClientError::Unavailable { .. } | ClientError::OutcomeUnknown)) => {
+                    maybe_applied = true;
                     tracing::debug!(endpoint = conn.endpoint(), %error, "retrying");
                     last_error = Some(Error::Server(error));
                     backoff.wait(deadline).await;
+                }
+                Err(ClientError::SessionExpired { applied_index }) => {
+                    let Some(guard) = seq.as_mut() else {
+                        return Err(Error::UnexpectedReply("SessionExpired to a read".into()));
+                    };
+                    lock(&inner.sessions).expired(guard.slot.client_id, applied_index);
+                    if maybe_applied {
+                        return Err(Error::SessionLost);
+                    }
+                    // Every attempt so far was refused outright: the write was
+                    // never applied. Send it again in the new session.
+                    tracing::debug!(applied_index, "session expired; starting a new one");
+                    guard.restart();
                 }
                 Err(error) => return Err(Error::Server(error)),
             }
@@ -501,6 +530,7 @@ impl Inner {
                     if let Some(index) = endpoints.iter().position(|e| *e == endpoint) {
                         slot.cursor = index;
                     }
+                    lock(&self.sessions).heard_applied(conn.applied_index());
                     slot.conn = Some(conn.clone());
                     slot.generation += 1;
                     *lock(&self.connected) = Some(endpoint);
@@ -572,23 +602,32 @@ impl Inner {
     }
 }
 
-/// A write's sequence number, released from the in-flight set however the
-/// operation ends (answer, error, timeout or the caller dropping the future).
+/// A write's session and sequence number, released from the in-flight set
+/// however the operation ends (answer, error, timeout or the caller dropping
+/// the future).
 struct SeqGuard<'a> {
     inner: &'a Inner,
-    seq: u64,
+    slot: WriteSlot,
 }
 
 impl<'a> SeqGuard<'a> {
     fn begin(inner: &'a Inner) -> Self {
-        let seq = lock(&inner.sessions).begin();
-        SeqGuard { inner, seq }
+        let slot = lock(&inner.sessions).begin();
+        SeqGuard { inner, slot }
+    }
+
+    /// Gives up this slot (its write was provably never applied) for the
+    /// next one of the current session.
+    fn restart(&mut self) {
+        let mut sessions = lock(&self.inner.sessions);
+        sessions.finish(self.slot);
+        self.slot = sessions.begin();
     }
 }
 
 impl Drop for SeqGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.sessions).finish(self.seq);
+        lock(&self.inner.sessions).finish(self.slot);
     }
 }
 
@@ -687,11 +726,14 @@ mod tests {
         let inner = &client.inner;
         let first = SeqGuard::begin(inner);
         let second = SeqGuard::begin(inner);
-        assert_eq!((first.seq, second.seq), (1, 2));
+        assert_eq!((first.slot.seq, second.slot.seq), (1, 2));
+        let id = client.client_id();
         drop(second);
-        assert_eq!(lock(&inner.sessions).acked_below(), 1);
+        assert_eq!(lock(&inner.sessions).send(first.slot).0, 1);
         drop(first);
-        assert_eq!(lock(&inner.sessions).acked_below(), 3);
+        let third = SeqGuard::begin(inner);
+        assert_eq!(third.slot, WriteSlot { client_id: id, seq: 3 });
+        assert_eq!(lock(&inner.sessions).send(third.slot).0, 3);
     }
 
     #[test]

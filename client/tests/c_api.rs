@@ -56,6 +56,7 @@ impl FakeNode {
                     let accepted = HelloReply::Accepted {
                         node_id: 1,
                         version: protocol::PROTOCOL_VERSION,
+                        applied_index: 0,
                     };
                     if conn.send(protocol::encode(&accepted).expect("encode")).await.is_err() {
                         return;

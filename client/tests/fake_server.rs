@@ -16,6 +16,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
 
+/// The applied index every fake node reports in its handshake.
+const APPLIED: u64 = 17;
+
 /// Every test is bounded, so a client bug fails it instead of hanging.
 const TEST_LIMIT: Duration = Duration::from_secs(20);
 
@@ -35,6 +38,7 @@ async fn accept(listener: &TcpListener, node_id: u64) -> Conn {
     let reply = HelloReply::Accepted {
         node_id,
         version: protocol::PROTOCOL_VERSION,
+        applied_index: APPLIED,
     };
     conn.send(protocol::encode(&reply).expect("encode"))
         .await
@@ -180,7 +184,8 @@ async fn dropped_connection_is_retried_with_the_same_session() {
             Session {
                 client_id,
                 seq: 1,
-                acked_below: 1
+                acked_below: 1,
+                floor: Some(APPLIED),
             }
         );
         assert_eq!(
@@ -195,10 +200,79 @@ async fn dropped_connection_is_retried_with_the_same_session() {
             Some(Session {
                 client_id,
                 seq: 2,
-                acked_below: 2
+                acked_below: 2,
+                floor: Some(APPLIED),
             })
         );
         assert_eq!(read.op, Operation::Get { key: "k".into() });
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn an_expired_session_is_replaced_and_a_write_never_sent_before_goes_again() {
+    let (listener, addr) = bind().await;
+    let fake = tokio::spawn(async move {
+        let mut conn = accept(&listener, 1).await;
+        // First write: its only attempt is refused, so it was never applied.
+        let refused = recv(&mut conn).await.expect("first attempt");
+        reply(
+            &mut conn,
+            refused.id,
+            Err(ClientError::SessionExpired { applied_index: 50 }),
+        )
+        .await;
+        let again = recv(&mut conn).await.expect("the same write in a new session");
+        reply(&mut conn, again.id, Ok(Reply::Value(None))).await;
+        // Second write: its first attempt is lost (the connection drops), and
+        // the retry is refused: it may have been applied, the client must say so.
+        let lost = recv(&mut conn).await.expect("second write");
+        drop(conn);
+        let mut conn = accept(&listener, 1).await;
+        let retry = recv(&mut conn).await.expect("its retry");
+        reply(
+            &mut conn,
+            retry.id,
+            Err(ClientError::SessionExpired { applied_index: 60 }),
+        )
+        .await;
+        let third = recv(&mut conn).await.expect("third write");
+        reply(&mut conn, third.id, Ok(Reply::Value(None))).await;
+        (refused, again, lost, retry, third)
+    });
+
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&addr])).await.expect("connect");
+        let first_id = client.client_id();
+        assert_eq!(client.put("k", "v1").await.expect("re-sent in a new session"), None);
+        let second_id = client.client_id();
+        assert_ne!(second_id, first_id);
+        let error = client.put("k", "v2").await.expect_err("outcome unknown");
+        assert!(matches!(error, Error::SessionLost), "{error:?}");
+        assert_eq!(client.put("k", "v3").await.expect("third write"), None);
+
+        let (refused, again, lost, retry, third) = fake.await.expect("fake node");
+        let session = |request: &ClientRequest| session_of(request).expect("a write has a session");
+        assert_eq!(session(&refused).client_id, first_id);
+        assert_eq!(session(&refused).floor, Some(APPLIED));
+        assert_eq!(
+            session(&again),
+            Session {
+                client_id: second_id,
+                seq: 1,
+                acked_below: 1,
+                floor: Some(50),
+            },
+            "a new session, from the index the refusal named"
+        );
+        assert_eq!(session(&lost), session(&retry));
+        assert_ne!(
+            session(&third).client_id,
+            second_id,
+            "the forgotten session is not used again"
+        );
+        assert_eq!(session(&third).floor, Some(60));
     })
     .await
     .expect("test finished in time");

@@ -165,3 +165,20 @@ async fn hostile_bytes_on_the_resp_port_get_errors_and_the_node_serves_on() {
     let got: Option<String> = conn.get("still").await.expect("GET");
     assert_eq!(got.as_deref(), Some("here"));
 }
+
+/// The RESP gateway shares one client per node: a refused first SET on a
+/// fresh gateway used to break every later SET of every RESP user of that
+/// node (`ERR the exactly-once session for this write has expired`).
+#[tokio::test]
+async fn a_refused_set_does_not_break_the_gateway() {
+    let mut cluster = TestCluster::start("resp-refused", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    cluster.wait_for_leader(bound).await;
+    let mut redis = redis_at(&cluster.resp_endpoint(1)).await;
+    let refused: redis::RedisResult<()> = redis.set("big", "x".repeat(3000)).await;
+    assert!(refused.is_err(), "a value over the limit was accepted");
+    let () = redis.set("a", "b").await.expect("SET after a refused SET");
+    let () = redis.set("c", "d").await.expect("and another");
+    let got: Option<String> = redis.get("a").await.expect("GET");
+    assert_eq!(got.as_deref(), Some("b"));
+}

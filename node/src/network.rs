@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actors::messages::{ClientCall, PeerInbound, PeerTransport};
+use actors::messages::{ClientCall, PeerInbound, PeerTransport, SharedView};
 use actors::{ClientGateway, ElectionActor};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -210,6 +210,7 @@ async fn accept_handshake(
     cluster_id: &str,
     expect_peer: bool,
     members: &[NodeId],
+    applied_index: protocol::LogIndex,
 ) -> Result<Party, LinkError> {
     let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
         .await
@@ -231,6 +232,7 @@ async fn accept_handshake(
                 .send(encode(&HelloReply::Accepted {
                     node_id: me,
                     version: PROTOCOL_VERSION,
+                    applied_index,
                 })?)
                 .await?;
             Ok(party)
@@ -257,7 +259,7 @@ async fn peer_connection(
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
-    let Party::Peer { node_id: peer } = accept_handshake(&mut framed, me, cluster_id, true, members).await? else {
+    let Party::Peer { node_id: peer } = accept_handshake(&mut framed, me, cluster_id, true, members, 0).await? else {
         return Err(LinkError::Refused("not a peer".into()));
     };
     framed.codec_mut().set_max_frame_length(max_frame);
@@ -279,11 +281,17 @@ async fn peer_connection(
 }
 
 /// Accepts client connections and hands their requests to the ClientGateway.
-pub async fn serve_clients(listener: TcpListener, me: NodeId, cluster_id: String, gateway: Addr<ClientGateway>) {
+pub async fn serve_clients(
+    listener: TcpListener,
+    me: NodeId,
+    cluster_id: String,
+    view: SharedView,
+    gateway: Addr<ClientGateway>,
+) {
     accept_loop(listener, "client", |stream, remote| {
-        let (cluster_id, gateway) = (cluster_id.clone(), gateway.clone());
+        let (cluster_id, view, gateway) = (cluster_id.clone(), view.clone(), gateway.clone());
         async move {
-            match client_connection(stream, me, &cluster_id, gateway).await {
+            match client_connection(stream, me, &cluster_id, &view, gateway).await {
                 Ok(()) => debug!(%remote, "client disconnected"),
                 Err(e) => info!(%remote, "client connection closed: {e}"),
             }
@@ -296,11 +304,12 @@ async fn client_connection(
     stream: TcpStream,
     me: NodeId,
     cluster_id: &str,
+    view: &SharedView,
     gateway: Addr<ClientGateway>,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
-    accept_handshake(&mut framed, me, cluster_id, false, &[]).await?;
+    accept_handshake(&mut framed, me, cluster_id, false, &[], view.applied()).await?;
     framed.codec_mut().set_max_frame_length(MAX_CLIENT_FRAME);
     let (mut sink, mut frames) = framed.split();
     let (reply, mut replies) = mpsc::channel::<ClientResponse>(CLIENT_IN_FLIGHT + 16);

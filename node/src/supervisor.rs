@@ -62,6 +62,7 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
         .collect();
     let (transport, links) = PeerNetwork::new(&peers);
     let view = Arc::new(NodeView::default());
+    let client_view = view.clone();
 
     let election_ctx = Context::<ElectionActor>::new();
     let election = election_ctx.address();
@@ -128,7 +129,13 @@ pub async fn start_node(file: &ClusterFile, id: protocol::NodeId) -> anyhow::Res
         file.cluster.max_peer_frame_bytes,
         election,
     ));
-    actix::spawn(serve_clients(client_listener, id, settings.cluster_id.clone(), gateway));
+    actix::spawn(serve_clients(
+        client_listener,
+        id,
+        settings.cluster_id.clone(),
+        client_view,
+        gateway,
+    ));
     if let Some(listener) = resp_listener {
         // This node first: the gateway reaches the leader through it.
         let mut endpoints = vec![me.client_addr.clone()];

@@ -18,6 +18,7 @@ fn put_request() -> ClientRequest {
                 client_id: 7,
                 seq: 1000,
                 acked_below: 990,
+                floor: Some(12_345),
             }),
         },
     }

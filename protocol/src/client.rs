@@ -15,6 +15,13 @@ pub struct Session {
     pub client_id: u64,
     pub seq: u64,
     pub acked_below: u64,
+    /// A log index below every entry of this session: an applied index the
+    /// client heard of before it sent the session's first write. A node that
+    /// does not know the session accepts it as new only if no session active
+    /// after this point has been evicted (then this one cannot have been).
+    /// `None` in entries written before floors existed (protocol version 1).
+    #[serde(default)]
+    pub floor: Option<LogIndex>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,8 +114,14 @@ pub enum ClientError {
         "leadership changed before the write was committed; it may or may not be applied, retry with the same session"
     )]
     OutcomeUnknown,
-    #[error("the exactly-once session for this write has expired")]
-    SessionExpired,
+    /// The write was not applied now; an earlier attempt of it may have been.
+    /// A new session may start from `applied_index` (its `floor`).
+    #[error("the exactly-once session of this write has expired")]
+    SessionExpired { applied_index: LogIndex },
+    /// The session already has `max` writes whose answers the client has not
+    /// acknowledged; this one was not applied.
+    #[error("the exactly-once session has {max} unacknowledged writes")]
+    SessionBacklogFull { max: u64 },
     #[error("cluster unavailable: {message}")]
     Unavailable { message: String },
 }

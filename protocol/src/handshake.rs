@@ -6,12 +6,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
+use crate::{LogIndex, NodeId};
 
 /// Identifies a kvs connection; anything else on the port is rejected.
 pub const MAGIC: &str = "kvs";
-/// Bumped whenever a message changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Bumped whenever a message changes incompatibly (2: `SessionExpired`
+/// carries the index a new session starts from).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Who is connecting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +95,17 @@ pub enum RejectReason {
 /// The answer to a [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accepted { node_id: NodeId, version: u16 },
-    Rejected { reason: RejectReason, message: String },
+    Accepted {
+        node_id: NodeId,
+        version: u16,
+        /// The node's applied index: a floor for a client's new sessions.
+        #[serde(default)]
+        applied_index: LogIndex,
+    },
+    Rejected {
+        reason: RejectReason,
+        message: String,
+    },
 }
 
 #[cfg(test)]
