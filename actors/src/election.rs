@@ -40,6 +40,8 @@ pub struct ElectionActor {
     ready_scheduled: bool,
     /// Role, term and leader as last announced to the other actors.
     announced: (Role, Term, Option<NodeId>),
+    /// A leader (this node or another) has been heard since the node started.
+    leader_seen: bool,
 }
 
 /// Handle a batch of proposals and reads as one replication round.
@@ -77,6 +79,7 @@ impl ElectionActor {
             next_read: 1,
             ready_scheduled: false,
             announced,
+            leader_seen: false,
         }
     }
 
@@ -173,8 +176,10 @@ impl ElectionActor {
 
     fn arm_election_timer(&mut self) {
         self.generation += 1;
+        self.leader_seen |= self.core.leader().is_some();
         self.heartbeat.do_send(ArmElectionTimer {
             generation: self.generation,
+            at_boot: !self.leader_seen,
         });
     }
 
@@ -190,6 +195,7 @@ impl ElectionActor {
             info!(%role, term, leader = ?leader, "role changed");
         }
         self.announced = now;
+        self.leader_seen |= leader.is_some();
         self.view.set(term, role);
         self.heartbeat.do_send(RoleChanged { role, term });
         self.gateway.do_send(LeaderChanged { leader, term, role });
@@ -331,7 +337,7 @@ impl Handler<Tick> for ElectionActor {
                     info!(
                         last_index = self.core.log().last_index(),
                         last_term = self.core.log().last_term(),
-                        "election timeout: starting an election"
+                        "election timeout: asking the peers for pre-votes"
                     );
                 }
                 self.core.election_timeout();

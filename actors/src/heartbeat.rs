@@ -2,7 +2,8 @@
 //!
 //! As leader: heartbeat ticks every `heartbeat_interval`, a quorum check every
 //! `election_timeout`, a trim tick every `trim_interval`. Otherwise: one
-//! election timer, started over whenever the ElectionActor says so. Every
+//! election timer, started over whenever the ElectionActor says so (short
+//! until a first leader is heard, see [`boot_election_timeout`]). Every
 //! election timer carries the generation it was armed with; the ElectionActor
 //! ignores a timeout whose generation is no longer current, so a timer that
 //! fires just after a heartbeat was handled cannot start an election.
@@ -67,6 +68,15 @@ pub fn election_timeout_for(base: Duration, id: NodeId, members: &[NodeId], rand
     base + bias + base.mul_f64(0.25 * random.clamp(0.0, 1.0))
 }
 
+/// The election timeout while no leader has been heard since start: at most
+/// 1 s (etcd similarly fast-forwards its election ticks at boot), so a fresh
+/// cluster with the default 8 s timeout elects in about a second.
+pub fn boot_election_timeout(election_timeout: Duration) -> Duration {
+    election_timeout.min(BOOT_ELECTION_TIMEOUT)
+}
+
+const BOOT_ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Actor for HeartbeatActor {
     type Context = Context<Self>;
 }
@@ -110,12 +120,12 @@ impl Handler<ArmElectionTimer> for HeartbeatActor {
             ctx.cancel_future(handle);
         }
         let members = self.settings.member_ids();
-        let timeout = election_timeout_for(
-            self.settings.election_timeout,
-            self.settings.node_id,
-            &members,
-            rand::thread_rng().gen(),
-        );
+        let base = if arm.at_boot {
+            boot_election_timeout(self.settings.election_timeout)
+        } else {
+            self.settings.election_timeout
+        };
+        let timeout = election_timeout_for(base, self.settings.node_id, &members, rand::thread_rng().gen());
         let generation = arm.generation;
         self.election_timer = Some(ctx.run_later(timeout, move |act, _| {
             act.election_timer = None;

@@ -178,6 +178,11 @@ pub struct RoleChanged {
 #[rtype(result = "()")]
 pub struct ArmElectionTimer {
     pub generation: u64,
+    /// No leader has been heard since this node started: a short timeout, so
+    /// a fresh cluster elects its first leader at once (safe with PreVote: a
+    /// node joining a cluster that has a leader is refused and disturbs
+    /// nothing). Failure detection keeps the full timeout.
+    pub at_boot: bool,
 }
 
 // ----- to the LogActor -----

@@ -48,6 +48,20 @@ pub enum PeerMessage {
     VoteResponse {
         granted: bool,
     },
+    /// Would you vote for me in the envelope's term (Raft thesis 9.6)? Changes
+    /// nothing on either side: no term is raised and no vote is spent, so a
+    /// node cut off from the others cannot depose a healthy leader when it
+    /// returns. The envelope's term is the term the sender proposes.
+    PreVote {
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    },
+    /// The answer to the `PreVote` for `term`; the envelope's term is the
+    /// answering node's own.
+    PreVoteResponse {
+        term: Term,
+        granted: bool,
+    },
     /// Replication and heartbeat. `read_round` numbers the leader's read
     /// confirmations; `trim_to` is the index every node may drop its log up to.
     AppendEntries {
@@ -141,6 +155,10 @@ impl PeerEnvelope {
             PeerMessage::RequestVote {
                 last_log_index,
                 last_log_term,
+            }
+            | PeerMessage::PreVote {
+                last_log_index,
+                last_log_term,
             } => {
                 index("last_log_index", *last_log_index)?;
                 term("last_log_term", *last_log_term)
@@ -179,6 +197,7 @@ impl PeerEnvelope {
                 term("last_term", *last_term)
             }
             PeerMessage::SnapshotResponse { last_index, .. } => index("last_index", *last_index),
+            PeerMessage::PreVoteResponse { term: proposed, .. } => term("proposed term", *proposed),
             PeerMessage::VoteResponse { .. } | PeerMessage::TermProbe { .. } | PeerMessage::TermProbeReply { .. } => {
                 Ok(())
             }

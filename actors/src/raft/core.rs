@@ -38,6 +38,15 @@
 //!    guarantee is gone anyway and the node resumes with what survived,
 //!    saying so.
 //!
+//! 10. PreVote (Raft thesis 9.6): an election timeout first asks the peers
+//!     whether they would vote in the next term, raising nothing; only a
+//!     quorum of yeses starts a real election. A node grants a pre-vote only
+//!     if it has not heard from a leader since its own election timer last
+//!     fired (leader stickiness), so a node cut off from the others neither
+//!     raises its term while away nor deposes a healthy leader on its return.
+//!     Pre-votes change no term and spend no vote, so invariants 1 and 2 are
+//!     untouched.
+//!
 //! The original system's "longest log, then highest id" preference is a
 //! tie-break only: it shapes who times out first (see `HeartbeatActor`), never
 //! who may win. Votes follow Raft's up-to-date rule.
@@ -199,6 +208,11 @@ pub struct RaftCore {
     /// Highest index this node's state store has flushed.
     flushed: LogIndex,
     votes: BTreeSet<NodeId>,
+    /// Pre-candidate: the term proposed and who would vote for it (PreVote).
+    prevotes: Option<(Term, BTreeSet<NodeId>)>,
+    /// Heard from the leader since the election timer last fired: while so,
+    /// this node refuses pre-votes (leader stickiness, thesis 9.6).
+    leader_contact: bool,
     progress: BTreeMap<NodeId, Progress>,
     /// Leader: the last read-confirmation round started, and whether it is still open.
     read_round: u64,
@@ -233,6 +247,8 @@ impl RaftCore {
             flushed: applied,
             log,
             votes: BTreeSet::new(),
+            prevotes: None,
+            leader_contact: false,
             progress: BTreeMap::new(),
             read_round: 0,
             read_round_open: false,
@@ -325,6 +341,7 @@ impl RaftCore {
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
+        self.prevotes = None;
     }
 
     fn fail_all_reads(&mut self) {
@@ -372,9 +389,46 @@ impl RaftCore {
         // Terms taken from peers are at most MAX_TERM, so this cannot overflow;
         // past MAX_TERM no node would accept our messages anyway.
         let term = self.hard.term + 1;
+        self.ready.reset_election_timer = true;
         if term > protocol::MAX_TERM {
             tracing::error!(term = self.hard.term, "term limit reached: not campaigning");
-            self.ready.reset_election_timer = true;
+            return;
+        }
+        // PreVote: ask first whether a quorum would vote in `term`, raising
+        // nothing. The leader, if any, went quiet: forget it.
+        self.leader_contact = false;
+        self.leader = None;
+        self.role = Role::Follower;
+        self.votes.clear();
+        self.prevotes = Some((term, BTreeSet::from([self.config.id])));
+        if self.quorum() == 1 {
+            self.campaign();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let asks: Vec<_> = self
+            .peers()
+            .map(|peer| {
+                let mut ask = self.envelope(
+                    peer,
+                    PeerMessage::PreVote {
+                        last_log_index,
+                        last_log_term,
+                    },
+                );
+                ask.term = term;
+                ask
+            })
+            .collect();
+        self.ready.messages.extend(asks);
+    }
+
+    /// A quorum would vote: a real election in the next term (the term and the
+    /// self-vote are persisted before the vote requests leave).
+    fn campaign(&mut self) {
+        self.prevotes = None;
+        let term = self.hard.term + 1;
+        if term > protocol::MAX_TERM {
             return;
         }
         self.set_hard_state(HardState {
@@ -924,8 +978,10 @@ impl RaftCore {
             return;
         }
         let from = envelope.from;
-        // Invariant 4: a newer term makes us its follower before anything else.
-        if envelope.term > self.hard.term {
+        // Invariant 4: a newer term makes us its follower before anything else;
+        // but a pre-vote's term is only proposed, and changes nothing.
+        let proposal = matches!(envelope.message, PeerMessage::PreVote { .. });
+        if envelope.term > self.hard.term && !proposal {
             let leader = match envelope.message {
                 PeerMessage::AppendEntries { .. } | PeerMessage::InstallSnapshot { .. } => Some(from),
                 _ => None,
@@ -938,6 +994,24 @@ impl RaftCore {
                 last_log_index,
                 last_log_term,
             } => self.on_request_vote(from, stale, last_log_index, last_log_term),
+            PeerMessage::PreVote {
+                last_log_index,
+                last_log_term,
+            } => self.on_pre_vote(from, envelope.term, last_log_index, last_log_term),
+            PeerMessage::PreVoteResponse { term, granted } => {
+                // Matched by the proposed term, not the envelope's: a node
+                // behind us in term may grant, and that counts.
+                let quorum = self.quorum();
+                if let Some((proposed, votes)) = self.prevotes.as_mut() {
+                    if granted && *proposed == term {
+                        votes.insert(from);
+                        if votes.len() >= quorum {
+                            tracing::info!(term, "pre-votes from a majority: starting an election");
+                            self.campaign();
+                        }
+                    }
+                }
+            }
             PeerMessage::VoteResponse { granted } => {
                 if !stale && granted && self.role == Role::Candidate {
                     self.votes.insert(from);
@@ -1056,6 +1130,27 @@ impl RaftCore {
         self.ready.after_persist.push(reply);
     }
 
+    /// Grants a pre-vote to a candidate that would get this node's real vote
+    /// in `proposed` (a later term, an up-to-date log) if this node has not
+    /// heard from a leader since its election timer last fired. Changes no state.
+    fn on_pre_vote(&mut self, candidate: NodeId, proposed: Term, last_log_index: LogIndex, last_log_term: Term) {
+        let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = proposed > self.hard.term
+            && up_to_date
+            && !self.leader_contact
+            && self.role != Role::Leader
+            && self.recovery.is_none();
+        let reply = self.envelope(
+            candidate,
+            PeerMessage::PreVoteResponse {
+                term: proposed,
+                granted,
+            },
+        );
+        // It carries our term, which must be durable before anyone hears of it.
+        self.ready.after_persist.push(reply);
+    }
+
     fn reply_append(&mut self, to: NodeId, success: bool, match_index: LogIndex, hint: LogIndex, read_round: u64) {
         let message = PeerMessage::AppendResponse {
             success,
@@ -1076,6 +1171,8 @@ impl RaftCore {
             let term = self.hard.term;
             self.become_follower(term, Some(leader));
         }
+        self.prevotes = None;
+        self.leader_contact = true;
         self.ready.reset_election_timer = true;
     }
 

@@ -71,6 +71,20 @@ fn granted(ready: &Ready) -> Option<bool> {
     })
 }
 
+/// The node's election timer fires and `grants` answer its pre-vote with a
+/// yes: a quorum of them starts the real election.
+fn win_pre_vote(node: &mut RaftCore, grants: &[NodeId]) {
+    node.election_timeout();
+    let proposed = node.term() + 1;
+    for &peer in grants {
+        let answer = PeerMessage::PreVoteResponse {
+            term: proposed,
+            granted: true,
+        };
+        node.step(envelope(peer, node.id(), node.term(), answer));
+    }
+}
+
 fn append(
     from: NodeId,
     to: NodeId,
@@ -189,9 +203,49 @@ fn higher_term_clears_the_vote_and_demotes_a_leader() {
 }
 
 #[test]
-fn election_timeout_persists_term_and_self_vote_before_asking() {
+fn election_timeout_asks_for_pre_votes_first_and_raises_nothing() {
     let mut node = core_with_log(1, &[1, 2, 3], 3, vec![entry(1, 3)]);
     node.election_timeout();
+    let ready = node.take_ready();
+    assert_eq!(ready.hard_state, None, "a pre-vote raises no term and spends no vote");
+    assert_eq!(node.term(), 3);
+    assert_eq!(node.role(), Role::Follower);
+    let asked: Vec<(NodeId, Term)> = ready
+        .messages
+        .iter()
+        .filter(|m| {
+            m.message
+                == PeerMessage::PreVote {
+                    last_log_index: 1,
+                    last_log_term: 3,
+                }
+        })
+        .map(|m| (m.to, m.term))
+        .collect();
+    assert_eq!(asked, vec![(2, 4), (3, 4)], "the term proposed is the next one");
+    // Refusals, or yeses for another proposal, start nothing.
+    node.step(envelope(
+        2,
+        1,
+        3,
+        PeerMessage::PreVoteResponse {
+            term: 4,
+            granted: false,
+        },
+    ));
+    node.step(envelope(
+        3,
+        1,
+        3,
+        PeerMessage::PreVoteResponse { term: 9, granted: true },
+    ));
+    assert_eq!((node.term(), node.role()), (3, Role::Follower));
+}
+
+#[test]
+fn election_timeout_persists_term_and_self_vote_before_asking() {
+    let mut node = core_with_log(1, &[1, 2, 3], 3, vec![entry(1, 3)]);
+    win_pre_vote(&mut node, &[2]);
     let ready = node.take_ready();
     assert_eq!(
         ready.hard_state,
@@ -201,7 +255,6 @@ fn election_timeout_persists_term_and_self_vote_before_asking() {
             recovering: false,
         })
     );
-    assert!(ready.messages.is_empty());
     assert_eq!(ready.after_persist.len(), 2);
     for request in &ready.after_persist {
         assert_eq!(
@@ -294,7 +347,7 @@ fn follower_commit_is_bounded_by_what_the_leader_proved_matches() {
 #[test]
 fn leader_commits_only_after_its_own_fsync_and_a_majority() {
     let mut leader = core_with_log(1, &[1, 2, 3], 0, vec![]);
-    leader.election_timeout();
+    win_pre_vote(&mut leader, &[2]);
     leader.take_ready();
     leader.step(envelope(2, 1, 1, PeerMessage::VoteResponse { granted: true }));
     assert_eq!(leader.role(), Role::Leader);
@@ -328,7 +381,7 @@ fn append_response(from: NodeId, to: NodeId, term: Term, success: bool, match_in
 fn entries_of_an_earlier_term_do_not_commit_by_counting() {
     // Raft paper figure 8: the leader of term 4 holds an entry of term 2 at index 2.
     let mut leader = core_with_log(1, &[1, 2, 3, 4, 5], 3, vec![entry(1, 1), entry(2, 2)]);
-    leader.election_timeout();
+    win_pre_vote(&mut leader, &[2, 3]);
     for peer in [2, 3] {
         leader.step(envelope(peer, 1, 4, PeerMessage::VoteResponse { granted: true }));
     }
@@ -525,7 +578,21 @@ impl Cluster {
         }
     }
 
+    /// Node `id` wins an election. The other live followers' election timers
+    /// have fired first (their own pre-votes lost in the network): a follower
+    /// that still hears from a leader would refuse to pre-vote.
     fn elect(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(&other, node)| other != id && !self.down.contains(&other) && node.role() != Role::Leader)
+            .map(|(&other, _)| other)
+            .collect();
+        for other in others {
+            let node = self.nodes.get_mut(&other).unwrap();
+            node.election_timeout();
+            node.take_ready();
+        }
         self.nodes.get_mut(&id).unwrap().election_timeout();
         self.run();
         assert_eq!(self.nodes[&id].role(), Role::Leader);
@@ -767,7 +834,7 @@ fn recovery_is_given_up_when_no_quorum_of_intact_nodes_exists() {
     node.step(vote_request(3, 1, 4, 9, 9));
     assert_eq!(granted(&node.take_ready()), Some(false));
     // It keeps its vote spent in the term it learned, and campaigns in the next.
-    node.election_timeout();
+    win_pre_vote(&mut node, &[3]);
     assert_eq!(node.role(), Role::Candidate);
     assert_eq!(node.term(), 5);
     // With one peer recovering of five members, it waits instead.
@@ -867,7 +934,7 @@ fn recovery_ends_only_on_an_append_addressed_to_this_incarnation() {
 #[test]
 fn a_leader_drops_answers_from_before_a_follower_restarted() {
     let mut leader = core_with_log(1, &[1, 2, 3], 1, vec![]);
-    leader.election_timeout();
+    win_pre_vote(&mut leader, &[2]);
     leader.step(envelope(2, 1, 2, PeerMessage::VoteResponse { granted: true }));
     assert_eq!(leader.role(), Role::Leader);
     leader.persisted(1, 2);
@@ -993,4 +1060,91 @@ fn a_node_of_two_that_lost_durable_state_resumes_too() {
     assert!(!node.is_recovering());
     assert_eq!(node.term(), 9, "the term it learned, with its vote spent");
     assert_eq!(node.hard_state().voted_for, Some(1));
+}
+
+// ----- PreVote (invariant 10) -----
+
+#[test]
+fn a_pre_vote_is_refused_while_the_leader_is_heard_and_changes_nothing() {
+    let mut follower = core_with_log(2, &[1, 2, 3], 5, vec![entry(1, 5)]);
+    follower.step(append(1, 2, 5, (1, 5), vec![], 1));
+    follower.take_ready();
+    // A node that was cut off asks, proposing a far higher term.
+    let ask = |term| {
+        envelope(
+            3,
+            2,
+            term,
+            PeerMessage::PreVote {
+                last_log_index: 1,
+                last_log_term: 5,
+            },
+        )
+    };
+    follower.step(ask(40));
+    let ready = follower.take_ready();
+    assert_eq!(ready.hard_state, None);
+    assert_eq!((follower.term(), follower.leader()), (5, Some(1)), "the leader is kept");
+    let answer = ready.after_persist.iter().find_map(|m| match m.message {
+        PeerMessage::PreVoteResponse { term, granted } => Some((m.term, term, granted)),
+        _ => None,
+    });
+    assert_eq!(answer, Some((5, 40, false)), "refused, with this node's own term");
+    // Once its own timer fired (no leader heard since), it would vote.
+    follower.election_timeout();
+    follower.take_ready();
+    follower.step(ask(40));
+    let ready = follower.take_ready();
+    assert!(ready.after_persist.iter().any(|m| matches!(
+        m.message,
+        PeerMessage::PreVoteResponse {
+            term: 40,
+            granted: true
+        }
+    )));
+    assert_eq!(follower.term(), 5, "still no term raised");
+    // Never for a stale log or a term not ahead.
+    follower.step(envelope(
+        3,
+        2,
+        40,
+        PeerMessage::PreVote {
+            last_log_index: 0,
+            last_log_term: 0,
+        },
+    ));
+    follower.step(ask(5));
+    let refusals = follower
+        .take_ready()
+        .after_persist
+        .iter()
+        .filter(|m| matches!(m.message, PeerMessage::PreVoteResponse { granted: false, .. }))
+        .count();
+    assert_eq!(refusals, 2);
+}
+
+#[test]
+fn an_isolated_node_does_not_raise_its_term_and_rejoins_without_deposing_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let term = cluster.nodes[&1].term();
+    // Node 3 is cut off; its timer fires again and again.
+    cluster.down.push(3);
+    for _ in 0..20 {
+        cluster.nodes.get_mut(&3).unwrap().election_timeout();
+        cluster.run();
+        cluster.nodes.get_mut(&1).unwrap().heartbeat();
+        cluster.run();
+    }
+    assert_eq!(cluster.nodes[&3].term(), term, "pre-votes raised no term");
+    // It returns and times out once more before hearing the leader: the
+    // others hear the leader, refuse, and the leader stays.
+    cluster.down.clear();
+    cluster.nodes.get_mut(&3).unwrap().election_timeout();
+    cluster.run();
+    assert_eq!(cluster.nodes[&1].role(), Role::Leader);
+    assert_eq!(cluster.nodes[&1].term(), term);
+    cluster.nodes.get_mut(&1).unwrap().heartbeat();
+    cluster.run();
+    assert_eq!(cluster.nodes[&3].leader(), Some(1));
 }
