@@ -51,6 +51,8 @@ pub struct Recovered {
 }
 
 pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recovered, RecoveryError> {
+    // Written at every start: its presence says this node has run here before.
+    let started_before = settings.data_dir.join(INCARNATION_FILE).exists();
     // A cut may take entries this node acknowledged or a vote it cast: it
     // recovers before it votes again (RaftCore, invariant 9). The mark goes
     // into the file in the same atomic step as the cut, so a crash at any
@@ -66,6 +68,10 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         );
         warn!("not voting until the cluster's term is known and a leader has caught this node up");
     }
+    let blank_wal = from_wal.hard_state == HardState::default()
+        && from_wal.start_index == 0
+        && from_wal.start_term == 0
+        && from_wal.entries.is_empty();
     let stored = store.load()?;
     let (applied, applied_term) = (stored.applied_index, stored.applied_term);
     if applied < from_wal.start_index {
@@ -82,9 +88,25 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         );
         wal.rewrite(from_wal.hard_state, applied, applied_term, &[])?;
     }
+    // A log with no record at all (missing, or emptied) next to a node that
+    // has run before lost its term and vote: starting at term 0 could vote
+    // twice in a term. Recover as after a cut tail (invariant 9), and record
+    // that first, so a crash now resumes the recovery.
+    let mut hard_state = from_wal.hard_state;
+    if blank_wal && (applied > 0 || started_before) {
+        warn!(
+            applied,
+            "the write-ahead log is missing or empty, but this node has run here before: \
+             its term and vote are lost; not voting until the cluster's term is known \
+             and a leader has caught this node up"
+        );
+        hard_state.recovering = true;
+        // A blank log holds no entry; after `reconcile` it starts at the store's point.
+        wal.rewrite(hard_state, log.start_index(), log.start_term(), &[])?;
+    }
     info!(
-        term = from_wal.hard_state.term,
-        voted_for = ?from_wal.hard_state.voted_for,
+        term = hard_state.term,
+        voted_for = ?hard_state.voted_for,
         log_start = log.start_index(),
         log_last = log.last_index(),
         applied,
@@ -102,7 +124,7 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         .max(3) as u64,
         incarnation: start_incarnation(&settings.data_dir)?,
     };
-    let core = RaftCore::new(config, from_wal.hard_state, log, applied);
+    let core = RaftCore::new(config, hard_state, log, applied);
     let state = StateMachine::from_stored(stored)?;
     Ok(Recovered {
         wal,

@@ -211,3 +211,44 @@ async fn a_single_node_with_a_cut_wal_tail_resumes_and_serves() {
     assert_all_readable(&client, &written).await;
     assert_eq!(client.put("after", "cut").await.expect("a write after the cut"), None);
 }
+
+/// A follower whose `wal.log` is gone while its state store and data folder
+/// remain: its term and vote are lost, so it must not start at term 0 as if
+/// new (it could vote twice in a term). It recovers as after a cut tail,
+/// catches up, and the cluster keeps every acknowledged write.
+#[tokio::test]
+async fn a_missing_wal_next_to_an_intact_store_recovers_before_voting() {
+    let mut cluster = TestCluster::start("missing-wal", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, _) = cluster.wait_for_leader(bound).await;
+    let client = cluster.client();
+    let mut written = put_all(&client, pairs("before", 0..30)).await;
+    let victim = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.wait_caught_up(victim, bound).await;
+    cluster.kill(victim);
+    std::fs::remove_file(cluster.wal_path(victim)).expect("remove wal.log");
+    cluster.restart(victim);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cluster.log_events(victim, RECOVERED).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {victim} never ended its recovery; its trace:\n{}",
+            cluster.log_tail(victim, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster
+            .log_text(victim)
+            .contains("the write-ahead log is missing or empty"),
+        "the loss was not noticed:\n{}",
+        cluster.log_tail(victim, 20)
+    );
+    written.extend(put_all(&client, pairs("after", 0..10)).await);
+    cluster.wait_caught_up(victim, Duration::from_secs(20)).await;
+    // With the leader gone, the victim is half of the majority that must serve.
+    cluster.kill(leader);
+    cluster.wait_for_leader(bound).await;
+    assert_all_readable(&client, &written).await;
+}
