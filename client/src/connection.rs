@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use protocol::codec::FrameCodec;
 use protocol::codec::MAX_CLIENT_FRAME;
 use protocol::{ClientResponse, Hello, HelloReply, NodeId, Party};
 use tokio::io::AsyncWrite;
@@ -22,7 +23,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::{lock, Error};
 
@@ -230,7 +231,7 @@ impl Drop for SlotGuard<'_> {
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<NoSigpipe, LengthDelimitedCodec>,
+    mut sink: FramedWrite<NoSigpipe, FrameCodec>,
     mut queue: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
     endpoint: String,
@@ -255,7 +256,7 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(mut stream: FramedRead<OwnedReadHalf, LengthDelimitedCodec>, shared: Arc<Shared>, endpoint: String) {
+async fn read_loop(mut stream: FramedRead<OwnedReadHalf, FrameCodec>, shared: Arc<Shared>, endpoint: String) {
     loop {
         let frame = match stream.next().await {
             Some(Ok(frame)) => frame,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use kv::{Client, ClientConfig, Error};
+use protocol::codec::FrameCodec;
 use protocol::codec::MAX_CLIENT_FRAME;
 use protocol::{
     ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeStatus, Operation, Party, RejectReason, Reply,
@@ -12,9 +13,9 @@ use protocol::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+type Conn = Framed<TcpStream, FrameCodec>;
 
 /// The applied index every fake node reports in its handshake.
 const APPLIED: u64 = 17;

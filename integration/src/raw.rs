@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use protocol::codec::FrameCodec;
 use protocol::codec::MAX_CLIENT_FRAME;
 use protocol::{Hello, HelloReply, Party};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 /// What reading the next frame gave.
 #[derive(Debug)]
@@ -24,7 +25,7 @@ pub enum Next {
 }
 
 pub struct RawConn {
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    framed: Framed<TcpStream, FrameCodec>,
 }
 
 impl RawConn {

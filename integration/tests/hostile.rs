@@ -367,3 +367,44 @@ async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
         cluster.log_tail(target, 30)
     );
 }
+
+/// The peer port keeps one inbound connection per peer: connections claiming
+/// the same node id replace each other, so however many are opened, the node
+/// buffers frames for at most one per peer.
+#[tokio::test]
+async fn one_inbound_connection_per_peer_id() {
+    let mut cluster = TestCluster::start("hostile-peer-slots", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, _) = cluster.wait_for_leader(bound).await;
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let claimed = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != target)
+        .expect("a third node");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut conn = RawConn::connect(&cluster.peer_endpoint(target)).await;
+        let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: claimed }).await;
+        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        // A header announcing a frame just under the limit, and a little of its body.
+        conn.send_bytes(&(256u32 * 1024 * 1024 - 1).to_be_bytes())
+            .await
+            .expect("header");
+        conn.send_bytes(&[0u8; 1024]).await.expect("some body");
+        conns.push(conn);
+    }
+    // Every connection but the last was closed when the next one arrived.
+    let last = conns.pop().expect("twenty connections");
+    for (n, mut conn) in conns.into_iter().enumerate() {
+        assert!(
+            conn.frames_until_closed(CLOSE_LIMIT).await.is_empty(),
+            "connection {n} got frames"
+        );
+    }
+    drop(last);
+    // The real node's link comes back, and the cluster serves.
+    let client = cluster.client();
+    assert_eq!(client.put("after", "slots").await.expect("put"), None);
+    cluster.wait_caught_up(claimed, bound).await;
+}

@@ -15,6 +15,7 @@ use actors::messages::{ClientCall, PeerInbound, PeerTransport, SharedView};
 use actors::{ClientGateway, ElectionActor};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use protocol::codec::FrameCodec;
 use protocol::codec::{MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
 use protocol::{
     decode, encode, frame_codec, ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeId, Party,
@@ -22,7 +23,7 @@ use protocol::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 /// Peer messages queued per peer while its link is slow or down; beyond this they are dropped.
@@ -114,7 +115,7 @@ async fn connect_peer(
     cluster_id: &str,
     addr: &str,
     max_frame: usize,
-) -> Result<Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
+) -> Result<Framed<TcpStream, FrameCodec>, LinkError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
@@ -139,7 +140,7 @@ async fn connect_peer(
 
 /// Writes queued messages, as many per flush as are waiting.
 async fn pump(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    framed: &mut Framed<TcpStream, FrameCodec>,
     queue: &mut mpsc::Receiver<PeerEnvelope>,
 ) -> Result<(), LinkError> {
     loop {
@@ -192,10 +193,13 @@ pub async fn serve_peers(
     max_frame: usize,
     election: Addr<ElectionActor>,
 ) {
+    let inbound = InboundPeers::default();
     accept_loop(listener, "peer", |stream, remote| {
         let (cluster_id, members, election) = (cluster_id.clone(), members.clone(), election.clone());
+        let inbound = inbound.clone();
         async move {
-            if let Err(e) = peer_connection(stream, me, &cluster_id, &members, max_frame, election).await {
+            let accepted = peer_connection(stream, me, &cluster_id, &members, max_frame, election, &inbound).await;
+            if let Err(e) = accepted {
                 info!(%remote, "peer connection closed: {e}");
             }
         }
@@ -203,9 +207,41 @@ pub async fn serve_peers(
     .await
 }
 
+/// The one inbound connection kept per peer: a newer one (the peer
+/// reconnected, or someone claims its id) closes the older, so the frames
+/// being received on the peer port never exceed one per peer.
+#[derive(Clone, Default)]
+struct InboundPeers {
+    current: Arc<std::sync::Mutex<HashMap<NodeId, InboundSlot>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A registered connection's generation, and how to tell it it was replaced.
+type InboundSlot = (u64, tokio::sync::oneshot::Sender<()>);
+
+impl InboundPeers {
+    /// Registers a connection of `peer`; the receiver fires when a newer one replaces it.
+    fn register(&self, peer: NodeId) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (replace, replaced) = tokio::sync::oneshot::channel();
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, older)) = current.insert(peer, (generation, replace)) {
+            let _ = older.send(());
+        }
+        (generation, replaced)
+    }
+
+    fn unregister(&self, peer: NodeId, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.get(&peer).is_some_and(|(g, _)| *g == generation) {
+            current.remove(&peer);
+        }
+    }
+}
+
 /// Reads and checks the opening hello; answers it. Returns who connected.
 async fn accept_handshake(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    framed: &mut Framed<TcpStream, FrameCodec>,
     me: NodeId,
     cluster_id: &str,
     expect_peer: bool,
@@ -256,6 +292,7 @@ async fn peer_connection(
     members: &[NodeId],
     max_frame: usize,
     election: Addr<ElectionActor>,
+    inbound: &InboundPeers,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
@@ -264,7 +301,30 @@ async fn peer_connection(
     };
     framed.codec_mut().set_max_frame_length(max_frame);
     debug!(peer, "peer connected");
-    while let Some(frame) = framed.next().await {
+    let (generation, replaced) = inbound.register(peer);
+    let result = read_peer_frames(&mut framed, me, peer, &election, replaced).await;
+    inbound.unregister(peer, generation);
+    result
+}
+
+async fn read_peer_frames(
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    me: NodeId,
+    peer: NodeId,
+    election: &Addr<ElectionActor>,
+    mut replaced: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), LinkError> {
+    loop {
+        let frame = tokio::select! {
+            _ = &mut replaced => {
+                info!(peer, "peer connection replaced by a newer one from the same node");
+                return Ok(());
+            }
+            frame = framed.next() => frame,
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
         let envelope: PeerEnvelope = decode(&frame?)?;
         if envelope.from != peer || envelope.to != me {
             warn!(
@@ -277,7 +337,6 @@ async fn peer_connection(
         }
         election.do_send(PeerInbound(envelope));
     }
-    Ok(())
 }
 
 /// Accepts client connections and hands their requests to the ClientGateway.
