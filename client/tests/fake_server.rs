@@ -279,6 +279,50 @@ async fn an_expired_session_is_replaced_and_a_write_never_sent_before_goes_again
     .expect("test finished in time");
 }
 
+/// NotLeader is a definite refusal (a follower proposes nothing): a write
+/// refused that way and then answered SessionExpired was never applied, so it
+/// goes again in a new session instead of ending as SessionLost.
+#[tokio::test]
+async fn a_write_refused_by_a_follower_then_expired_is_sent_again() {
+    let (listener, addr) = bind().await;
+    let fake = tokio::spawn(async move {
+        let mut conn = accept(&listener, 1).await;
+        let first = recv(&mut conn).await.expect("first attempt");
+        let not_leader = ClientError::NotLeader {
+            leader_id: Some(1),
+            leader_addr: Some(listener.local_addr().expect("addr").to_string()),
+        };
+        reply(&mut conn, first.id, Err(not_leader)).await;
+        let mut conn = accept(&listener, 1).await;
+        let second = recv(&mut conn).await.expect("after the redirect");
+        reply(
+            &mut conn,
+            second.id,
+            Err(ClientError::SessionExpired { applied_index: 70 }),
+        )
+        .await;
+        let third = recv(&mut conn).await.expect("in a new session");
+        reply(&mut conn, third.id, Ok(Reply::Value(None))).await;
+        (second, third)
+    });
+    timeout(TEST_LIMIT, async {
+        let client = Client::connect(config(&[&addr])).await.expect("connect");
+        assert_eq!(
+            client.put("k", "v").await.expect("applied once, in a new session"),
+            None
+        );
+        let (second, third) = fake.await.expect("fake node");
+        let (second, third) = (
+            session_of(&second).expect("session"),
+            session_of(&third).expect("session"),
+        );
+        assert_ne!(second.client_id, third.client_id);
+        assert_eq!((third.seq, third.floor), (1, Some(70)));
+    })
+    .await
+    .expect("test finished in time");
+}
+
 #[tokio::test]
 async fn unknown_leader_and_unavailable_are_retried_on_other_endpoints() {
     let (follower, follower_addr) = bind().await;
