@@ -786,6 +786,33 @@ fn five_nodes_keep_every_invariant_under_faults() {
 }
 
 #[test]
+fn clusters_of_one_two_and_four_keep_every_invariant_under_faults() {
+    // One and two nodes have no minority that may lose durable state; four
+    // may lose one. Each must still elect, acknowledge and read.
+    for (members, seeds) in [(1, 20_000..20_200), (2, 21_000..21_300), (4, 22_000..22_400)] {
+        let stats = run_many(seeds, members, 3000);
+        eprintln!(
+            "{members} nodes: acknowledged {}, reads {}, elections {}, crashes {}, durable losses {}",
+            stats.acknowledged, stats.reads, stats.elections, stats.crashes, stats.durable_losses
+        );
+        assert!(
+            stats.acknowledged > 500,
+            "{members} nodes: {} acknowledged",
+            stats.acknowledged
+        );
+        assert!(stats.reads > 100, "{members} nodes: {} reads", stats.reads);
+        assert!(stats.crashes > 50, "{members} nodes: {} crashes", stats.crashes);
+        if members == 4 {
+            assert!(
+                stats.durable_losses > 10,
+                "4 nodes: {} durable losses",
+                stats.durable_losses
+            );
+        }
+    }
+}
+
+#[test]
 fn the_same_seed_replays_the_same_run() {
     let a = run(42, 3, 1000).map(|s| (s.committed, s.acknowledged, s.reads, s.crashes));
     let b = run(42, 3, 1000).map(|s| (s.committed, s.acknowledged, s.reads, s.crashes));
