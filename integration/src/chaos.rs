@@ -126,7 +126,9 @@ fn worker_client(endpoints: Vec<String>) -> Client {
     Client::new(config).expect("a client over the cluster's endpoints")
 }
 
-/// One client's random operations until `stop`.
+/// One client's random operations until `stop`. Returns the client (its
+/// sessions have lived through every fault) and the definite refusals it got:
+/// with valid keys and values, any is a defect.
 async fn worker(
     id: usize,
     seed: u64,
@@ -134,8 +136,9 @@ async fn worker(
     endpoints: Vec<String>,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
-) {
+) -> (Client, Vec<String>) {
     let client = worker_client(endpoints);
+    let mut refusals = Vec::new();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut written = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -153,6 +156,9 @@ async fn worker(
             _ => (Call::Delete, client.delete(&key).await),
         };
         let completed = recorder.now();
+        if let Err(refusal @ crate::client::Error::Server(_)) = &result {
+            refusals.push(format!("client {id}: {key}: {refusal}"));
+        }
         let (outcome, completed) = match (result, &call) {
             (Ok(value), _) => (Outcome::Returned(value), Some(completed)),
             // A failed read changed nothing: leave it out.
@@ -172,6 +178,7 @@ async fn worker(
             history.push(operation);
         }
     }
+    (client, refusals)
 }
 
 /// Each node process's commit and applied indexes, which must never go back
@@ -430,12 +437,29 @@ pub async fn run(options: &ChaosOptions) -> ChaosReport {
     cluster.wait_for_leader(bound).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut clients = Vec::new();
+    let mut refusals = Vec::new();
     for worker in workers {
-        let _ = worker.await;
+        if let Ok((client, refused)) = worker.await {
+            clients.push(client);
+            refusals.extend(refused);
+        }
     }
     let reader = worker_client(cluster.endpoints());
     progress.observe(&mut cluster).await;
     let mut violations = std::mem::take(&mut progress.violations);
+    violations.extend(
+        refusals
+            .into_iter()
+            .map(|r| format!("definite refusal of a valid request: {r}")),
+    );
+    // Permanent loss of availability: every client that lived through the
+    // faults must write again once the cluster is healed.
+    for (id, client) in clients.iter().enumerate() {
+        if let Err(e) = client.put(&format!("after-heal-{id}"), "1").await {
+            violations.push(format!("client {id} cannot write after healing: {e}"));
+        }
+    }
     if progress.samples == 0 {
         violations.push("no node status could be read during the run".into());
     }
