@@ -163,10 +163,6 @@ mod defaults {
     }
 }
 
-/// Sections the environment may override, as `KVS_<SECTION>__<KEY>`. Other
-/// `KVS_` variables belong to other programs (`KVS_ENDPOINTS` is kvctl's).
-const OVERRIDABLE_SECTIONS: [&str; 2] = ["cluster", "storage"];
-
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let load_error = |source| ConfigError::Load {
@@ -345,6 +341,16 @@ fn known_keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     serde_aux::serde_introspection::serde_introspect::<T>()
 }
 
+/// The file's named sections and the keys each reads. The environment may
+/// override these keys, as `KVS_<SECTION>__<KEY>`; other `KVS_` variables
+/// belong to other programs (`KVS_ENDPOINTS` is kvctl's).
+fn sections() -> [(&'static str, &'static [&'static str]); 2] {
+    [
+        ("cluster", known_keys::<ClusterSection>()),
+        ("storage", known_keys::<StorageSection>()),
+    ]
+}
+
 /// The known key most like `unknown`. Jaro-Winkler weighs a shared start
 /// most, as in `heartbeat_ms` for `heartbeat_interval_ms`.
 fn closest_key(unknown: &str, known: &[&str]) -> String {
@@ -353,6 +359,15 @@ fn closest_key(unknown: &str, known: &[&str]) -> String {
         .map(|candidate| (strsim::jaro_winkler(unknown, candidate), *candidate))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map_or_else(String::new, |(_, closest)| closest.to_string())
+}
+
+/// The refusal of `key` (under `prefix`, e.g. `cluster.`), set in `origin`.
+fn unknown_key(prefix: &str, key: &str, known: &[&str], origin: &str) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: format!("{prefix}{key}"),
+        origin: origin.to_string(),
+        closest: format!("{prefix}{}", closest_key(key, known)),
+    }
 }
 
 fn check_table(
@@ -365,11 +380,7 @@ fn check_table(
     let mut keys: Vec<&String> = table.keys().collect();
     keys.sort();
     match keys.into_iter().find(|key| !known.contains(&key.as_str())) {
-        Some(key) => Err(ConfigError::UnknownKey {
-            key: format!("{prefix}{key}"),
-            origin: origin.to_string(),
-            closest: format!("{prefix}{}", closest_key(key, known)),
-        }),
+        Some(key) => Err(unknown_key(prefix, key, known, origin)),
         None => Ok(()),
     }
 }
@@ -382,10 +393,7 @@ fn check_known_keys(written: config::Config, origin: &str) -> Result<(), ConfigE
         source,
     })?;
     check_table(&top, "", known_keys::<ClusterFile>(), origin)?;
-    for (section, known) in [
-        ("cluster", known_keys::<ClusterSection>()),
-        ("storage", known_keys::<StorageSection>()),
-    ] {
+    for (section, known) in sections() {
         if let Some(value) = top.get(section) {
             if let Ok(table) = value.clone().into_table() {
                 check_table(&table, &format!("{section}."), known, origin)?;
@@ -402,34 +410,31 @@ fn check_known_keys(written: config::Config, origin: &str) -> Result<(), ConfigE
     Ok(())
 }
 
+/// The section (with its keys) and the key, lowercased, that a
+/// `KVS_<SECTION>__<KEY>` variable names, if its section is one of [`sections`].
+fn override_target(name: &str) -> Option<(&'static str, &'static [&'static str], String)> {
+    let (section, key) = name.strip_prefix("KVS_")?.split_once("__")?;
+    let (section, known) = sections()
+        .into_iter()
+        .find(|(known_section, _)| known_section.to_uppercase() == section)?;
+    Some((section, known, key.to_lowercase()))
+}
+
 /// The process's `KVS_CLUSTER__*` and `KVS_STORAGE__*` variables.
 fn environment_overrides() -> Vec<(String, String)> {
     std::env::vars()
-        .filter(|(name, _)| {
-            OVERRIDABLE_SECTIONS
-                .iter()
-                .any(|section| name.starts_with(&format!("KVS_{}__", section.to_uppercase())))
-        })
+        .filter(|(name, _)| override_target(name).is_some())
         .collect()
 }
 
 /// An override of a key that does not exist is refused like one in the file.
 fn check_overrides_are_known(overrides: &[(String, String)]) -> Result<(), ConfigError> {
     for (name, _) in overrides {
-        let lower = name.to_lowercase();
-        let Some((section, key)) = lower.trim_start_matches("kvs_").split_once("__") else {
-            continue;
-        };
-        let known = match section {
-            "cluster" => known_keys::<ClusterSection>(),
-            _ => known_keys::<StorageSection>(),
-        };
-        if !known.contains(&key) {
-            return Err(ConfigError::UnknownKey {
-                key: format!("{section}.{key}"),
-                origin: format!("the environment variable {name}"),
-                closest: format!("{section}.{}", closest_key(key, known)),
-            });
+        if let Some((section, known, key)) = override_target(name) {
+            if !known.contains(&key.as_str()) {
+                let origin = format!("the environment variable {name}");
+                return Err(unknown_key(&format!("{section}."), &key, known, &origin));
+            }
         }
     }
     Ok(())

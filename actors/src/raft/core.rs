@@ -397,9 +397,7 @@ impl RaftCore {
         // PreVote: ask first whether a quorum would vote in `term`, raising
         // nothing. The leader, if any, went quiet: forget it.
         self.leader_contact = false;
-        self.leader = None;
-        self.role = Role::Follower;
-        self.votes.clear();
+        self.become_follower(self.hard.term, None);
         self.prevotes = Some((term, BTreeSet::from([self.config.id])));
         if self.quorum() == 1 {
             self.campaign();
@@ -1113,7 +1111,7 @@ impl RaftCore {
 
     fn on_request_vote(&mut self, candidate: NodeId, stale: bool, last_log_index: LogIndex, last_log_term: Term) {
         // Invariant 2 and the up-to-date check, against the log as it is now.
-        let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = self.log_is_behind_or_equal(last_log_index, last_log_term);
         let free = self.hard.voted_for.is_none() || self.hard.voted_for == Some(candidate);
         // Invariant 9: a node that lost durable state may have voted already, or
         // lost entries that make this candidate look up to date.
@@ -1130,11 +1128,17 @@ impl RaftCore {
         self.ready.after_persist.push(reply);
     }
 
+    /// Raft's up-to-date check, against the log as it is now: a candidate whose
+    /// log ends at (`last_log_index`, `last_log_term`) holds at least as much.
+    fn log_is_behind_or_equal(&self, last_log_index: LogIndex, last_log_term: Term) -> bool {
+        (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index())
+    }
+
     /// Grants a pre-vote to a candidate that would get this node's real vote
     /// in `proposed` (a later term, an up-to-date log) if this node has not
     /// heard from a leader since its election timer last fired. Changes no state.
     fn on_pre_vote(&mut self, candidate: NodeId, proposed: Term, last_log_index: LogIndex, last_log_term: Term) {
-        let up_to_date = (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = self.log_is_behind_or_equal(last_log_index, last_log_term);
         let granted = proposed > self.hard.term
             && up_to_date
             && !self.leader_contact
