@@ -2,7 +2,6 @@
 //! write-ahead log (with and without the fsync that group commit shares), and
 //! applying an entry to the state machine.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use actors::state::StateMachine;
@@ -68,7 +67,7 @@ fn apply(c: &mut Criterion) {
     let stored = StoredState {
         applied_index: 0,
         applied_term: 0,
-        data: HashMap::new(),
+        data: Default::default(),
         sessions: Vec::new(),
     };
     let mut state = StateMachine::from_stored(stored).expect("empty state");

@@ -21,6 +21,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::election::{fatal, ElectionActor};
 use crate::messages::*;
+use crate::snapshot::DecodedSnapshot;
 use crate::state::StateMachine;
 use crate::storage::Store;
 use crate::storage::{FlushBatch, StoreError, StoredState};
@@ -321,17 +322,10 @@ impl Handler<FlushDone> for CommitActor {
 }
 
 impl Handler<TakeSnapshot> for CommitActor {
-    type Result = Result<SnapshotTaken, String>;
+    type Result = MessageResult<TakeSnapshot>;
 
     fn handle(&mut self, _: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
-        let started = Instant::now();
-        let data = self.state.snapshot().map_err(|e| e.to_string())?;
-        debug!(micros = started.elapsed().as_micros() as u64, "snapshot encoded");
-        Ok(SnapshotTaken {
-            index: self.state.applied_index(),
-            term: self.state.applied_term(),
-            data,
-        })
+        MessageResult(self.state.snapshot_source())
     }
 }
 
@@ -340,27 +334,17 @@ impl Handler<InstallSnapshot> for CommitActor {
 
     fn handle(&mut self, snapshot: InstallSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         let _span = self.span().entered();
-        let stored = match StateMachine::decode_snapshot(&snapshot.data) {
-            Ok(stored) if stored.applied_index == snapshot.index && stored.applied_term == snapshot.term => stored,
-            Ok(stored) => {
-                let message = format!(
-                    "snapshot claims ({}, {}) but holds ({}, {})",
-                    snapshot.index, snapshot.term, stored.applied_index, stored.applied_term
-                );
-                return Box::pin(async move { Err(message) });
-            }
-            Err(e) => {
-                let message = e.to_string();
-                return Box::pin(async move { Err(message) });
-            }
-        };
-        let state = match StateMachine::from_stored(stored.clone()) {
-            Ok(state) => state,
-            Err(e) => {
-                let message = e.to_string();
-                return Box::pin(async move { Err(message) });
-            }
-        };
+        let DecodedSnapshot { state, stored } = snapshot.snapshot;
+        if (state.applied_index(), state.applied_term()) != (snapshot.index, snapshot.term) {
+            let message = format!(
+                "snapshot claims ({}, {}) but holds ({}, {})",
+                snapshot.index,
+                snapshot.term,
+                state.applied_index(),
+                state.applied_term()
+            );
+            return Box::pin(async move { Err(message) });
+        }
         info!(
             index = snapshot.index,
             keys = state.len(),

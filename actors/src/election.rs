@@ -11,9 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use protocol::{ClientError, NodeId, NodeStatus, PeerMessage, Role, Term};
+use protocol::{ClientError, NodeId, NodeStatus, PeerEnvelope, PeerMessage, Role, Term};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::commit::CommitActor;
@@ -22,7 +24,7 @@ use crate::heartbeat::HeartbeatActor;
 use crate::log::LogActor;
 use crate::messages::*;
 use crate::raft::{RaftCore, ReadId, Ready};
-use crate::state::StateMachine;
+use crate::snapshot::{self, DecodedSnapshot, Incoming, Pacing, Seal, Transfer};
 
 pub struct ElectionActor {
     settings: Arc<Settings>,
@@ -42,6 +44,48 @@ pub struct ElectionActor {
     announced: (Role, Term, Option<NodeId>),
     /// A leader (this node or another) has been heard since the node started.
     leader_seen: bool,
+    /// As leader: the snapshots being streamed to followers, or sealed and
+    /// waiting for the follower's answer.
+    outgoing: HashMap<NodeId, Outgoing>,
+    /// As follower: the snapshot being received from the leader.
+    incoming: Option<Incoming>,
+    /// A decoded snapshot, for the core's install decision made right after.
+    decoded: Option<DecodedSnapshot>,
+}
+
+/// A snapshot this leader is sending to one follower.
+struct Outgoing {
+    transfer: Transfer,
+    stage: OutgoingStage,
+}
+
+enum OutgoingStage {
+    /// Taking the snapshot from the CommitActor.
+    Taking,
+    /// Streaming: the follower's acknowledgements go to the sending task.
+    Streaming(mpsc::Sender<u64>),
+    /// Every byte acknowledged and the seal sent; waiting for the install.
+    Sealed(Seal, Instant),
+}
+
+/// How long a sealed snapshot waits for the follower's install (decoding
+/// and writing millions of keys) before a new one may replace it.
+const SEALED_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A follower's staged snapshot, decoded off the actor thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SnapshotDecoded {
+    seal: PeerEnvelope,
+    result: Result<DecodedSnapshot, String>,
+}
+
+/// A leader's snapshot stream ended (all acknowledged, or failed).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SnapshotStreamed {
+    transfer: Transfer,
+    result: Result<Seal, snapshot::TransferError>,
 }
 
 /// Handle a batch of proposals and reads as one replication round.
@@ -80,6 +124,9 @@ impl ElectionActor {
             ready_scheduled: false,
             announced,
             leader_seen: false,
+            outgoing: HashMap::new(),
+            incoming: None,
+            decoded: None,
         }
     }
 
@@ -116,10 +163,20 @@ impl ElectionActor {
                 term = snapshot.term,
                 "installing snapshot from the leader"
             );
+            // The core acts on a seal only right after its snapshot was decoded.
+            let decoded = match self.decoded.take() {
+                Some(decoded)
+                    if (decoded.state.applied_index(), decoded.state.applied_term())
+                        == (snapshot.index, snapshot.term) =>
+                {
+                    decoded
+                }
+                _ => fatal("the core installs a snapshot this node has not decoded"),
+            };
             let install = self.commit.send(InstallSnapshot {
                 index: snapshot.index,
                 term: snapshot.term,
-                data: snapshot.data,
+                snapshot: decoded,
             });
             ctx.wait(install.into_actor(self).map(move |result, act, ctx| match result {
                 Ok(Ok(())) => act.dispatch(ready, ctx),
@@ -196,6 +253,10 @@ impl ElectionActor {
         }
         self.announced = now;
         self.leader_seen |= leader.is_some();
+        if role != Role::Leader || term != self.announced_term_of_transfers() {
+            // Dropping a transfer closes its acknowledgements: its task ends.
+            self.outgoing.clear();
+        }
         self.view.set(term, role);
         self.heartbeat.do_send(RoleChanged { role, term });
         self.gateway.do_send(LeaderChanged { leader, term, role });
@@ -207,26 +268,304 @@ impl ElectionActor {
         }
     }
 
+    /// The term every transfer in `outgoing` belongs to (they share one).
+    fn announced_term_of_transfers(&self) -> Term {
+        self.outgoing
+            .values()
+            .next()
+            .map_or(self.announced.1, |o| o.transfer.term)
+    }
+
+    /// The core wants `peer` to get a snapshot: start streaming one, unless
+    /// one is on its way (then a sealed one is sealed again, in case the seal
+    /// was lost).
     fn send_snapshot(&mut self, peer: NodeId, ctx: &mut Context<Self>) {
         let term = self.core.term();
-        info!(peer, "follower needs entries already trimmed: sending a snapshot");
-        let take = self.commit.send(TakeSnapshot);
-        ctx.spawn(take.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(Ok(snapshot)) => {
-                let _span = act.span().entered();
-                info!(
+        match self.outgoing.get(&peer) {
+            Some(Outgoing {
+                transfer,
+                stage: OutgoingStage::Sealed(seal, at),
+            }) if at.elapsed() < SEALED_PATIENCE => {
+                let (transfer, seal) = (*transfer, *seal);
+                self.core.send_snapshot(
                     peer,
-                    index = snapshot.index,
-                    bytes = snapshot.data.len(),
-                    "snapshot taken"
+                    term,
+                    transfer.index,
+                    transfer.last_term,
+                    (seal.bytes, seal.checksum),
                 );
-                act.core
-                    .send_snapshot(peer, term, snapshot.index, snapshot.term, snapshot.data);
-                act.process(ctx);
+                self.schedule(ctx);
+                return;
             }
-            Ok(Err(e)) => warn!(peer, "snapshot could not be taken: {e}"),
-            Err(e) => warn!(peer, "commit actor unreachable for a snapshot: {e}"),
+            Some(Outgoing {
+                stage: OutgoingStage::Taking | OutgoingStage::Streaming(_),
+                ..
+            }) => return,
+            _ => {}
+        }
+        info!(peer, "follower needs entries already trimmed: sending a snapshot");
+        let placeholder = Transfer {
+            from: self.settings.node_id,
+            to: peer,
+            term,
+            index: 0,
+            last_term: 0,
+        };
+        self.outgoing.insert(
+            peer,
+            Outgoing {
+                transfer: placeholder,
+                stage: OutgoingStage::Taking,
+            },
+        );
+        let take = self.commit.send(TakeSnapshot);
+        ctx.spawn(take.into_actor(self).map(move |result, act, ctx| {
+            let _span = act.span().entered();
+            let taking = act
+                .outgoing
+                .get(&peer)
+                .is_some_and(|o| o.transfer == placeholder && matches!(o.stage, OutgoingStage::Taking));
+            if !taking || act.core.role() != Role::Leader || act.core.term() != term {
+                return; // leadership moved on meanwhile
+            }
+            let source = match result {
+                Ok(source) => source,
+                Err(e) => {
+                    act.outgoing.remove(&peer);
+                    warn!(peer, "commit actor unreachable for a snapshot: {e}");
+                    return;
+                }
+            };
+            let transfer = Transfer {
+                index: source.applied_index(),
+                last_term: source.applied_term(),
+                ..placeholder
+            };
+            let name = format!("snapshot-to-{peer}");
+            let pieces = match snapshot::spawn_encoder(source, name) {
+                Ok(pieces) => pieces,
+                Err(e) => {
+                    act.outgoing.remove(&peer);
+                    warn!(peer, "cannot start encoding a snapshot: {e}");
+                    return;
+                }
+            };
+            info!(peer, index = transfer.index, "snapshot taken: streaming it");
+            let (acks, ack_queue) = mpsc::channel(64);
+            act.outgoing.insert(
+                peer,
+                Outgoing {
+                    transfer,
+                    stage: OutgoingStage::Streaming(acks),
+                },
+            );
+            let stream =
+                snapshot::stream_snapshot(transfer, act.transport.clone(), pieces, ack_queue, Pacing::default());
+            ctx.spawn(
+                stream
+                    .into_actor(act)
+                    .map(move |result, act, ctx| act.snapshot_streamed(SnapshotStreamed { transfer, result }, ctx)),
+            );
         }));
+    }
+
+    fn snapshot_streamed(&mut self, streamed: SnapshotStreamed, ctx: &mut Context<Self>) {
+        let _span = self.span().entered();
+        let transfer = streamed.transfer;
+        if self.outgoing.get(&transfer.to).map(|o| o.transfer) != Some(transfer) {
+            return; // cancelled, or replaced by a newer transfer
+        }
+        match streamed.result {
+            Ok(seal) => {
+                info!(
+                    peer = transfer.to,
+                    index = transfer.index,
+                    bytes = seal.bytes,
+                    "snapshot streamed: sealing it"
+                );
+                if let Some(outgoing) = self.outgoing.get_mut(&transfer.to) {
+                    outgoing.stage = OutgoingStage::Sealed(seal, Instant::now());
+                }
+                self.core.send_snapshot(
+                    transfer.to,
+                    transfer.term,
+                    transfer.index,
+                    transfer.last_term,
+                    (seal.bytes, seal.checksum),
+                );
+                self.process(ctx);
+            }
+            Err(e) => {
+                self.outgoing.remove(&transfer.to);
+                warn!(
+                    peer = transfer.to,
+                    index = transfer.index,
+                    "snapshot transfer failed: {e}"
+                );
+            }
+        }
+    }
+
+    /// A follower acknowledged snapshot bytes: tell the sending task.
+    fn on_snapshot_ack(&mut self, from: NodeId, term: Term, index: u64, last_term: Term, next_offset: u64) {
+        if self.core.role() != Role::Leader || term != self.core.term() {
+            return;
+        }
+        let Some(outgoing) = self.outgoing.get(&from) else {
+            return;
+        };
+        if (outgoing.transfer.index, outgoing.transfer.last_term) != (index, last_term) {
+            return;
+        }
+        match &outgoing.stage {
+            // A full queue drops the acknowledgement; a later one carries as much.
+            OutgoingStage::Streaming(acks) => {
+                let _ = acks.try_send(next_offset);
+            }
+            OutgoingStage::Sealed(seal, _) if next_offset < seal.bytes => {
+                info!(peer = from, "the follower lost a sealed snapshot: it gets a new one");
+                self.outgoing.remove(&from);
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the leader how many bytes of its snapshot this node holds.
+    fn ack_snapshot(&self, leader: NodeId, index: u64, last_term: Term, next_offset: u64) {
+        self.transport.send(PeerEnvelope {
+            from: self.settings.node_id,
+            to: leader,
+            term: self.core.term(),
+            message: PeerMessage::SnapshotChunkAck {
+                last_index: index,
+                last_term,
+                next_offset,
+            },
+        });
+    }
+
+    /// A chunk from the leader: the core hears the leader (its bytes taken
+    /// out); the bytes go to the staging file if this node now follows that
+    /// leader in the chunk's term and needs the snapshot.
+    fn on_snapshot_chunk(&mut self, mut envelope: PeerEnvelope, ctx: &mut Context<Self>) {
+        let PeerMessage::SnapshotChunk {
+            last_index,
+            last_term,
+            offset,
+            data,
+        } = &mut envelope.message
+        else {
+            return;
+        };
+        let (index, last_term, offset, data) = (*last_index, *last_term, *offset, std::mem::take(data));
+        let (from, term) = (envelope.from, envelope.term);
+        self.core.step(envelope);
+        self.process(ctx);
+        let following = self.core.role() == Role::Follower && self.core.leader() == Some(from);
+        if !following || self.core.term() != term || index <= self.core.commit_index() {
+            return;
+        }
+        let transfer = Transfer {
+            from,
+            to: self.settings.node_id,
+            term,
+            index,
+            last_term,
+        };
+        if self.incoming.as_ref().map(|i| i.transfer) != Some(transfer) {
+            if offset != 0 {
+                // The start of this snapshot is not here (this node restarted): start again.
+                self.ack_snapshot(from, index, last_term, 0);
+                return;
+            }
+            info!(leader = from, index, "receiving a snapshot from the leader");
+            match Incoming::start(&self.settings.data_dir, transfer) {
+                Ok(incoming) => self.incoming = Some(incoming),
+                Err(e) => {
+                    warn!("cannot stage a snapshot: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(incoming) = self.incoming.as_mut() else {
+            return;
+        };
+        match incoming.accept(offset, &data) {
+            Ok(held) => self.ack_snapshot(from, index, last_term, held),
+            Err(e) => {
+                warn!("cannot stage a snapshot chunk: {e}");
+                self.incoming = None;
+                self.ack_snapshot(from, index, last_term, 0);
+            }
+        }
+    }
+
+    /// The leader's seal: if the staged bytes match it, decode them off the
+    /// actor thread, and let the core act on the seal once they are decoded.
+    /// A seal the core needs no bytes for (stale, or nothing new) goes straight in.
+    fn on_snapshot_seal(&mut self, envelope: PeerEnvelope, ctx: &mut Context<Self>) {
+        let PeerMessage::InstallSnapshot {
+            last_index,
+            last_term,
+            bytes,
+            checksum,
+            ..
+        } = envelope.message
+        else {
+            return;
+        };
+        // Stale, or nothing new: the core answers without the bytes. (A seal of a
+        // newer term cannot have its bytes here: the chunks would have raised
+        // this node's term. It falls through to "not held".)
+        if envelope.term < self.core.term() || last_index <= self.core.commit_index() {
+            self.core.step(envelope);
+            self.process(ctx);
+            return;
+        }
+        let transfer = Transfer {
+            from: envelope.from,
+            to: self.settings.node_id,
+            term: envelope.term,
+            index: last_index,
+            last_term,
+        };
+        let seal = Seal { bytes, checksum };
+        let Some(incoming) = self.incoming.as_mut().filter(|i| i.transfer == transfer) else {
+            warn!(
+                leader = envelope.from,
+                last_index, "a snapshot seal for bytes this node does not hold"
+            );
+            self.ack_snapshot(envelope.from, last_index, last_term, 0);
+            return;
+        };
+        if incoming.decoding {
+            return; // a repeated seal
+        }
+        if !incoming.matches(seal) {
+            warn!(
+                leader = envelope.from,
+                last_index,
+                held = incoming.held(),
+                bytes,
+                "staged snapshot does not match its seal: discarded"
+            );
+            self.incoming = None;
+            self.ack_snapshot(envelope.from, last_index, last_term, 0);
+            return;
+        }
+        incoming.decoding = true;
+        let me = ctx.address();
+        let started = incoming.open().and_then(|file| {
+            snapshot::spawn_decoder(file, format!("snapshot-from-{}", envelope.from), move |result| {
+                me.do_send(SnapshotDecoded { seal: envelope, result });
+            })
+        });
+        if let Err(e) = started {
+            warn!("cannot decode the staged snapshot: {e}");
+            self.incoming = None;
+        } else {
+            info!(index = last_index, bytes, "snapshot received whole: decoding it");
+        }
     }
 }
 
@@ -296,28 +635,69 @@ impl Handler<PeerInbound> for ElectionActor {
 
     fn handle(&mut self, PeerInbound(envelope): PeerInbound, ctx: &mut Context<Self>) {
         let _span = self.span().entered();
-        if let PeerMessage::InstallSnapshot {
-            last_index,
-            last_term,
-            data,
-            ..
-        } = &envelope.message
-        {
-            // Check a snapshot before the core acts on it: once the core has reset its
-            // log, a snapshot the store cannot take would leave the node no way back.
-            match StateMachine::decode_snapshot(data) {
-                Ok(stored) if (stored.applied_index, stored.applied_term) == (*last_index, *last_term) => {}
-                _ => {
-                    warn!(
-                        from = envelope.from,
-                        last_index, "undecodable or inconsistent snapshot ignored"
-                    );
-                    return;
-                }
+        match envelope.message {
+            PeerMessage::SnapshotChunk { .. } => return self.on_snapshot_chunk(envelope, ctx),
+            // A snapshot is checked and decoded before the core acts on it: once the
+            // core has reset its log, a snapshot the store cannot take would leave
+            // the node no way back.
+            PeerMessage::InstallSnapshot { .. } => return self.on_snapshot_seal(envelope, ctx),
+            PeerMessage::SnapshotChunkAck {
+                last_index,
+                last_term,
+                next_offset,
+            } => self.on_snapshot_ack(envelope.from, envelope.term, last_index, last_term, next_offset),
+            PeerMessage::SnapshotResponse { .. } => {
+                self.outgoing.remove(&envelope.from);
             }
+            _ => {}
         }
         self.core.step(envelope);
         self.process(ctx);
+    }
+}
+
+impl Handler<SnapshotDecoded> for ElectionActor {
+    type Result = ();
+
+    fn handle(&mut self, decoded: SnapshotDecoded, ctx: &mut Context<Self>) {
+        let _span = self.span().entered();
+        let PeerMessage::InstallSnapshot {
+            last_index, last_term, ..
+        } = decoded.seal.message
+        else {
+            return;
+        };
+        let current = self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.decoding && (i.transfer.index, i.transfer.last_term) == (last_index, last_term));
+        if !current {
+            return; // a newer transfer replaced it
+        }
+        self.incoming = None;
+        match decoded.result {
+            Ok(snapshot)
+                if (snapshot.state.applied_index(), snapshot.state.applied_term()) == (last_index, last_term) =>
+            {
+                info!(index = last_index, keys = snapshot.state.len(), "snapshot decoded");
+                self.decoded = Some(snapshot);
+                self.core.step(decoded.seal);
+                self.process(ctx);
+                // Not taken by an install (the term moved on meanwhile): dropped.
+                self.decoded = None;
+            }
+            Ok(_) | Err(_) => {
+                let reason = decoded
+                    .result
+                    .err()
+                    .unwrap_or_else(|| "its applied point differs".into());
+                warn!(
+                    leader = decoded.seal.from,
+                    last_index, "staged snapshot undecodable, discarded: {reason}"
+                );
+                self.ack_snapshot(decoded.seal.from, last_index, last_term, 0);
+            }
+        }
     }
 }
 

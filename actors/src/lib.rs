@@ -15,6 +15,7 @@ pub mod log;
 pub mod messages;
 pub mod raft;
 pub mod recovery;
+pub mod snapshot;
 pub mod state;
 pub mod storage;
 

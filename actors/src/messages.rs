@@ -16,6 +16,8 @@ use protocol::{ClientError, Command, Entry, LogIndex, NodeId, NodeStatus, PeerEn
 use tokio::sync::oneshot;
 
 use crate::raft::HardState;
+use crate::snapshot::DecodedSnapshot;
+use crate::state::SnapshotSource;
 
 /// What the node hands its actors: identities, limits and timers.
 #[derive(Debug, Clone)]
@@ -250,25 +252,20 @@ pub struct ServeRead {
     pub responder: Responder,
 }
 
-/// A snapshot of the state store for a lagging follower.
+/// The state as of now, for a lagging follower: an O(1) copy, encoded and
+/// streamed elsewhere (see [`crate::snapshot`]).
 #[derive(Message)]
-#[rtype(result = "Result<SnapshotTaken, String>")]
+#[rtype(result = "SnapshotSource")]
 pub struct TakeSnapshot;
 
-#[derive(Debug)]
-pub struct SnapshotTaken {
-    pub index: LogIndex,
-    pub term: Term,
-    pub data: Vec<u8>,
-}
-
-/// Replace the state store by a snapshot, durably, before answering.
+/// Replace the state machine and the state store by a snapshot (decoded off
+/// the actor thread), durably, before answering.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct InstallSnapshot {
     pub index: LogIndex,
     pub term: Term,
-    pub data: Vec<u8>,
+    pub snapshot: DecodedSnapshot,
 }
 
 /// The CommitActor's part of `status`.

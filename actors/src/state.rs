@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use protocol::{ClientError, Command, Entry, LogIndex, Session, Term};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{FlushBatch, StoredState};
+use crate::storage::{FlushBatch, KvMap, StoredState};
 
 /// Most client sessions remembered; the least recently active is forgotten first.
 pub const MAX_SESSIONS: usize = 50_000;
@@ -90,12 +90,13 @@ pub enum StateError {
     Encode(#[from] rmp_serde::encode::Error),
 }
 
-/// The snapshot format sent to lagging followers.
+/// The snapshot format sent to lagging followers: one MessagePack value,
+/// streamed (its bytes are cut into chunks by the transfer, not here).
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotImage {
     applied_index: LogIndex,
     applied_term: Term,
-    data: HashMap<String, String>,
+    data: KvMap,
     sessions: HashMap<u64, ClientSession>,
     #[serde(default)]
     evicted_through: LogIndex,
@@ -103,7 +104,7 @@ struct SnapshotImage {
 
 #[derive(Debug, Default)]
 pub struct StateMachine {
-    data: HashMap<String, String>,
+    data: KvMap,
     sessions: HashMap<u64, ClientSession>,
     /// `(last_index, client_id)` of every session: the eviction order.
     by_activity: BTreeSet<(LogIndex, u64)>,
@@ -202,7 +203,7 @@ impl StateMachine {
         &mut self,
         session: Option<Session>,
         index: LogIndex,
-        write: impl FnOnce(&mut HashMap<String, String>, &mut HashSet<String>) -> Option<String>,
+        write: impl FnOnce(&mut KvMap, &mut HashSet<String>) -> Option<String>,
     ) -> ApplyResult {
         let Some(session) = session else {
             return Ok(write(&mut self.data, &mut self.dirty));
@@ -334,42 +335,55 @@ impl StateMachine {
         Ok(Some(batch))
     }
 
-    /// The whole state, for a lagging follower.
-    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        let image = SnapshotImageRef {
+    /// The whole state as of now, for a lagging follower: the key-value map
+    /// is shared, not copied (O(1)); the session table (bounded by
+    /// [`MAX_SESSION_BYTES`]) is copied. Encode it with
+    /// [`SnapshotSource::encode_into`], on another thread.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource(SnapshotImage {
             applied_index: self.applied_index,
             applied_term: self.applied_term,
-            data: &self.data,
-            sessions: &self.sessions,
+            data: self.data.clone(),
+            sessions: self.sessions.clone(),
             evicted_through: self.evicted_through,
-        };
-        Ok(rmp_serde::to_vec(&image)?)
+        })
     }
 
-    /// Decodes a snapshot into the state it describes, as the store should hold it.
-    pub fn decode_snapshot(bytes: &[u8]) -> Result<StoredState, StateError> {
-        let image: SnapshotImage = rmp_serde::from_slice(bytes)?;
+    /// Decodes a snapshot, read as a stream, into the state machine it
+    /// describes and the state the store should hold (sharing one map).
+    pub fn read_snapshot(reader: impl std::io::Read) -> Result<(StateMachine, StoredState), StateError> {
+        let image: SnapshotImage = rmp_serde::decode::from_read(reader)?;
         let sessions = rmp_serde::to_vec(&SessionTableRef {
             sessions: &image.sessions,
             evicted_through: image.evicted_through,
         })?;
-        Ok(StoredState {
+        let stored = StoredState {
             applied_index: image.applied_index,
             applied_term: image.applied_term,
             data: image.data,
             sessions,
-        })
+        };
+        Ok((StateMachine::from_stored(stored.clone())?, stored))
     }
 }
 
-/// Borrowing twin of `SnapshotImage`, so taking a snapshot copies the map once (into bytes).
-#[derive(Serialize)]
-struct SnapshotImageRef<'a> {
-    applied_index: LogIndex,
-    applied_term: Term,
-    data: &'a HashMap<String, String>,
-    sessions: &'a HashMap<u64, ClientSession>,
-    evicted_through: LogIndex,
+/// The state at one applied point, detached from the state machine.
+#[derive(Debug)]
+pub struct SnapshotSource(SnapshotImage);
+
+impl SnapshotSource {
+    pub fn applied_index(&self) -> LogIndex {
+        self.0.applied_index
+    }
+
+    pub fn applied_term(&self) -> Term {
+        self.0.applied_term
+    }
+
+    /// Writes the snapshot's bytes (what [`StateMachine::read_snapshot`] reads) to `out`.
+    pub fn encode_into(&self, out: &mut impl std::io::Write) -> Result<(), StateError> {
+        Ok(rmp_serde::encode::write(out, &self.0)?)
+    }
 }
 
 #[cfg(test)]
@@ -610,16 +624,13 @@ mod tests {
         let stored = StoredState {
             applied_index: batch.applied_index,
             applied_term: batch.applied_term,
-            data: HashMap::new(),
+            data: KvMap::new(),
             sessions: batch.sessions,
         };
         let mut reloaded = StateMachine::from_stored(stored).unwrap();
         assert_eq!(reloaded.session_count(), (MAX_SESSIONS, watermark));
-        let snapshot = StateMachine::decode_snapshot(&sm.snapshot().unwrap()).unwrap();
-        assert_eq!(
-            StateMachine::from_stored(snapshot).unwrap().session_count(),
-            (MAX_SESSIONS, watermark)
-        );
+        let (copy, _) = StateMachine::read_snapshot(&snapshot_bytes(&sm)[..]).unwrap();
+        assert_eq!(copy.session_count(), (MAX_SESSIONS, watermark));
         // Still enforced after the reload.
         assert!(matches!(
             reloaded.apply(&put(next, "k", "v", session(4, 1, 1))),
@@ -647,6 +658,27 @@ mod tests {
         );
     }
 
+    fn snapshot_bytes(sm: &StateMachine) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        sm.snapshot_source().encode_into(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_snapshot_is_an_error_not_a_panic() {
+        let mut sm = StateMachine::default();
+        for i in 1..=50 {
+            sm.apply(&put(i, &format!("key{i}"), "value", session(i, 1, 1)));
+        }
+        let bytes = snapshot_bytes(&sm);
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(StateMachine::read_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[0] ^= 0xff;
+        assert!(StateMachine::read_snapshot(&flipped[..]).is_err());
+    }
+
     #[test]
     fn entries_already_applied_are_skipped() {
         let mut sm = StateMachine::default();
@@ -659,9 +691,15 @@ mod tests {
     fn snapshot_carries_data_sessions_and_applied_point() {
         let mut sm = StateMachine::default();
         sm.apply(&put(1, "k", "a", session(3, 1, 1)));
-        let stored = StateMachine::decode_snapshot(&sm.snapshot().unwrap()).unwrap();
-        let mut copy = StateMachine::from_stored(stored).unwrap();
+        let source = sm.snapshot_source();
+        // Later writes do not reach a snapshot already taken.
+        sm.apply(&put(2, "later", "x", None));
+        let mut bytes = Vec::new();
+        source.encode_into(&mut bytes).unwrap();
+        let (mut copy, stored) = StateMachine::read_snapshot(&bytes[..]).unwrap();
+        assert_eq!((stored.applied_index, stored.data.len()), (1, 1));
         assert_eq!(copy.applied_index(), 1);
+        assert_eq!(copy.get("later"), None);
         assert_eq!(copy.get("k").as_deref(), Some("a"));
         // The session survived: a retry is not applied again.
         assert_eq!(copy.apply(&put(2, "k", "b", session(3, 1, 1))), Some(Ok(None)));

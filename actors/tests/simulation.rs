@@ -232,7 +232,7 @@ impl Sim {
                 let (index, term) = self.nodes[i].applied;
                 let core = self.nodes[i].core.as_mut().ok_or("core vanished")?;
                 let current = core.term();
-                core.send_snapshot(peer, current, index, term, Vec::new());
+                core.send_snapshot(peer, current, index, term, (0, 0));
             }
         }
         Err(format!("node {} never settled", i + 1))

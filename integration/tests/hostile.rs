@@ -319,8 +319,26 @@ async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
             PeerMessage::InstallSnapshot {
                 last_index: u64::MAX,
                 last_term: u64::MAX,
-                data: vec![],
+                bytes: u64::MAX,
+                checksum: 0,
                 read_round: 0,
+            },
+        ),
+        (
+            term,
+            PeerMessage::SnapshotChunk {
+                last_index: u64::MAX,
+                last_term: term,
+                offset: u64::MAX - 1,
+                data: vec![0; 16],
+            },
+        ),
+        (
+            term,
+            PeerMessage::SnapshotChunkAck {
+                last_index: u64::MAX,
+                last_term: term,
+                next_offset: u64::MAX,
             },
         ),
     ];

@@ -11,8 +11,9 @@ use crate::{LogIndex, NodeId};
 /// Identifies a kvs connection; anything else on the port is rejected.
 pub const MAGIC: &str = "kvs";
 /// Bumped whenever a message changes incompatibly (2: `SessionExpired`
-/// carries the index a new session starts from).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// carries the index a new session starts from; 3: snapshots are streamed
+/// in chunks).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Who is connecting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,10 @@ pub mod peer;
 pub use client::{ClientError, ClientRequest, ClientResponse, NodeStatus, Operation, Reply, Role, Session};
 pub use codec::{decode, encode, frame_codec, WireError};
 pub use handshake::{Hello, HelloReply, Party, RejectReason, MAGIC, PROTOCOL_VERSION};
-pub use peer::{Command, Entry, OutOfBounds, PeerEnvelope, PeerMessage, MAX_LOG_INDEX, MAX_TERM};
+pub use peer::{
+    Command, Entry, OutOfBounds, PeerEnvelope, PeerMessage, MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK,
+    MAX_TERM, SNAPSHOT_CHUNK_BYTES,
+};
 
 /// A node's identity within its cluster (the `id` of a `[[nodes]]` entry).
 pub type NodeId = u64;

@@ -88,12 +88,30 @@ pub enum PeerMessage {
         #[serde(default)]
         incarnation: u64,
     },
-    /// The whole state store as of `last_index`, for a node whose missing
-    /// entries the leader has already trimmed.
+    /// One piece of the snapshot (the whole state as of `last_index`) that the
+    /// leader streams to a node whose missing entries it has already trimmed.
+    /// Pieces are placed by byte offset; the follower keeps only the piece it
+    /// expects next and answers every piece with a `SnapshotChunkAck`.
+    SnapshotChunk {
+        last_index: LogIndex,
+        last_term: Term,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The follower holds the first `next_offset` bytes of snapshot `last_index`.
+    SnapshotChunkAck {
+        last_index: LogIndex,
+        last_term: Term,
+        next_offset: u64,
+    },
+    /// The streamed snapshot is complete: `bytes` long, with CRC-32 `checksum`
+    /// over all of it. The follower installs it if what it holds matches.
     InstallSnapshot {
         last_index: LogIndex,
         last_term: Term,
-        data: Vec<u8>,
+        bytes: u64,
+        checksum: u32,
         read_round: u64,
     },
     SnapshotResponse {
@@ -127,6 +145,13 @@ pub const MAX_TERM: Term = 1 << 48;
 /// The largest log index a node takes from the network: far beyond any log
 /// that fits a disk, far below where index arithmetic could overflow.
 pub const MAX_LOG_INDEX: LogIndex = 1 << 56;
+/// The largest piece of a snapshot in one message (leaders send
+/// [`SNAPSHOT_CHUNK_BYTES`]); bounds what one message makes a follower buffer.
+pub const MAX_SNAPSHOT_CHUNK: usize = 8 << 20;
+/// The size of the pieces a leader streams a snapshot in.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// The largest snapshot a node takes (1 TiB): larger is forged or corrupt.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
 /// A peer message carrying a term or an index no honest node can send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,10 +216,36 @@ impl PeerEnvelope {
                 index("flushed_index", *flushed_index)
             }
             PeerMessage::InstallSnapshot {
-                last_index, last_term, ..
+                last_index,
+                last_term,
+                bytes,
+                ..
             } => {
                 index("last_index", *last_index)?;
-                term("last_term", *last_term)
+                term("last_term", *last_term)?;
+                within("bytes", *bytes, MAX_SNAPSHOT_BYTES)
+            }
+            PeerMessage::SnapshotChunk {
+                last_index,
+                last_term,
+                offset,
+                data,
+            } => {
+                index("last_index", *last_index)?;
+                term("last_term", *last_term)?;
+                within("chunk length", data.len() as u64, MAX_SNAPSHOT_CHUNK as u64)?;
+                // Both are bounded now, so the sum cannot overflow.
+                within("offset", *offset, MAX_SNAPSHOT_BYTES)?;
+                within("chunk end", *offset + data.len() as u64, MAX_SNAPSHOT_BYTES)
+            }
+            PeerMessage::SnapshotChunkAck {
+                last_index,
+                last_term,
+                next_offset,
+            } => {
+                index("last_index", *last_index)?;
+                term("last_term", *last_term)?;
+                within("next_offset", *next_offset, MAX_SNAPSHOT_BYTES)
             }
             PeerMessage::SnapshotResponse { last_index, .. } => index("last_index", *last_index),
             PeerMessage::PreVoteResponse { term: proposed, .. } => term("proposed term", *proposed),
@@ -262,15 +313,50 @@ mod tests {
             "entry index"
         );
         assert_eq!(append(vec![entry(1, u64::MAX)]).unwrap_err().field, "entry term");
-        let snapshot = envelope(
-            1,
-            PeerMessage::InstallSnapshot {
-                last_index: u64::MAX,
-                last_term: 1,
-                data: Vec::new(),
-                read_round: 0,
-            },
-        );
-        assert_eq!(snapshot.check_bounds().unwrap_err().field, "last_index");
+        let snapshot = |last_index, bytes| {
+            envelope(
+                1,
+                PeerMessage::InstallSnapshot {
+                    last_index,
+                    last_term: 1,
+                    bytes,
+                    checksum: 0,
+                    read_round: 0,
+                },
+            )
+            .check_bounds()
+        };
+        assert_eq!(snapshot(u64::MAX, 0).unwrap_err().field, "last_index");
+        assert_eq!(snapshot(1, MAX_SNAPSHOT_BYTES + 1).unwrap_err().field, "bytes");
+        let chunk = |offset, len| {
+            envelope(
+                1,
+                PeerMessage::SnapshotChunk {
+                    last_index: 1,
+                    last_term: 1,
+                    offset,
+                    data: vec![0; len],
+                },
+            )
+            .check_bounds()
+        };
+        assert_eq!(chunk(0, SNAPSHOT_CHUNK_BYTES), Ok(()));
+        assert_eq!(chunk(0, MAX_SNAPSHOT_CHUNK + 1).unwrap_err().field, "chunk length");
+        assert_eq!(chunk(u64::MAX, 1).unwrap_err().field, "offset");
+        assert_eq!(chunk(MAX_SNAPSHOT_BYTES, 1).unwrap_err().field, "chunk end");
+    }
+
+    #[test]
+    fn snapshot_chunks_travel_as_bytes_not_arrays_of_integers() {
+        let chunk = PeerMessage::SnapshotChunk {
+            last_index: 1,
+            last_term: 1,
+            offset: 0,
+            data: vec![0xff; 4096],
+        };
+        let encoded = rmp_serde::to_vec(&chunk).unwrap();
+        // A MessagePack integer array would take two bytes per 0xff byte.
+        assert!(encoded.len() < 4096 + 64, "{} bytes", encoded.len());
+        assert_eq!(rmp_serde::from_slice::<PeerMessage>(&encoded).unwrap(), chunk);
     }
 }

@@ -90,12 +90,14 @@ pub struct CoreConfig {
 /// Identifies a read waiting for leadership confirmation.
 pub type ReadId = u64;
 
-/// A snapshot a follower must install before answering the leader.
+/// A snapshot a follower must install before answering the leader. Its
+/// bytes never pass through the core: the caller streamed them in chunks,
+/// checked them against the leader's seal and decoded them before it handed
+/// the core the `InstallSnapshot` that produced this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotToInstall {
     pub index: LogIndex,
     pub term: Term,
-    pub data: Vec<u8>,
 }
 
 /// What the caller must do after feeding the core an event.
@@ -853,16 +855,19 @@ impl RaftCore {
         }
     }
 
-    /// The caller took a snapshot of the state store (applied up to `index`, of
-    /// `term`) for `peer`, while this core was in `taken_in_term`.
-    pub fn send_snapshot(&mut self, peer: NodeId, taken_in_term: Term, index: LogIndex, term: Term, data: Vec<u8>) {
+    /// The caller has streamed `peer` a snapshot of the state (applied up to
+    /// `index`, of `term`; `bytes` long with CRC-32 `checksum`), taken while
+    /// this core was in `taken_in_term`: seal it with an `InstallSnapshot`.
+    pub fn send_snapshot(&mut self, peer: NodeId, taken_in_term: Term, index: LogIndex, term: Term, seal: (u64, u32)) {
         if self.role != Role::Leader || self.hard.term != taken_in_term || !self.progress.contains_key(&peer) {
             return;
         }
+        let (bytes, checksum) = seal;
         let message = PeerMessage::InstallSnapshot {
             last_index: index,
             last_term: term,
-            data,
+            bytes,
+            checksum,
             read_round: self.read_round,
         };
         let envelope = self.envelope(peer, message);
@@ -981,7 +986,9 @@ impl RaftCore {
         let proposal = matches!(envelope.message, PeerMessage::PreVote { .. });
         if envelope.term > self.hard.term && !proposal {
             let leader = match envelope.message {
-                PeerMessage::AppendEntries { .. } | PeerMessage::InstallSnapshot { .. } => Some(from),
+                PeerMessage::AppendEntries { .. }
+                | PeerMessage::InstallSnapshot { .. }
+                | PeerMessage::SnapshotChunk { .. } => Some(from),
                 _ => None,
             };
             self.become_follower(envelope.term, leader);
@@ -1018,7 +1025,9 @@ impl RaftCore {
                     }
                 }
             }
-            PeerMessage::AppendEntries { .. } | PeerMessage::InstallSnapshot { .. }
+            PeerMessage::AppendEntries { .. }
+            | PeerMessage::InstallSnapshot { .. }
+            | PeerMessage::SnapshotChunk { .. }
                 if self.recovery.as_ref().is_some_and(|r| r.learned_term.is_none()) =>
             {
                 // Invariant 9: until the cluster's term is known, this may be a
@@ -1084,15 +1093,27 @@ impl RaftCore {
             PeerMessage::InstallSnapshot {
                 last_index,
                 last_term,
-                data,
                 read_round,
+                ..
             } => {
                 if stale {
                     self.reply_append(from, false, 0, 0, read_round);
                 } else {
-                    self.on_install_snapshot(from, last_index, last_term, data, read_round);
+                    self.on_install_snapshot(from, last_index, last_term, read_round);
                 }
             }
+            // The chunks' bytes are the caller's to keep (the caller steps the
+            // core with them taken out); to the core a chunk is the leader
+            // speaking, and it keeps this node from starting an election.
+            PeerMessage::SnapshotChunk { .. } => {
+                if stale {
+                    self.reply_append(from, false, 0, 0, 0);
+                } else if self.role != Role::Leader {
+                    self.accept_leader(from);
+                }
+            }
+            // Only the caller's transfer needs it; a newer term in it was taken above.
+            PeerMessage::SnapshotChunkAck { .. } => {}
             PeerMessage::SnapshotResponse {
                 last_index,
                 read_round,
@@ -1265,7 +1286,7 @@ impl RaftCore {
         self.reply_append(leader, true, match_index, 0, read_round);
     }
 
-    fn on_install_snapshot(&mut self, leader: NodeId, index: LogIndex, term: Term, data: Vec<u8>, read_round: u64) {
+    fn on_install_snapshot(&mut self, leader: NodeId, index: LogIndex, term: Term, read_round: u64) {
         if self.role == Role::Leader {
             return;
         }
@@ -1293,7 +1314,7 @@ impl RaftCore {
         self.commit = index;
         self.released = index;
         self.flushed = index;
-        self.ready.install_snapshot = Some(SnapshotToInstall { index, term, data });
+        self.ready.install_snapshot = Some(SnapshotToInstall { index, term });
         // The caller rewrites the whole durable log to the new start and any kept suffix,
         // atomically: a crash must not lose durable entries past the snapshot.
         self.ready.log_reset = Some((index, term));

@@ -13,13 +13,18 @@ pub use mongo_store::{MongoConfig, MongoStore};
 pub use redb_store::RedbStore;
 pub use wal::{Recovered, Wal, WalError, WalRecord};
 
+/// The key-value map, ordered by key. A persistent map: a clone shares the
+/// whole tree and costs O(1), so a snapshot of millions of keys is taken
+/// without stopping the actor that owns the map, and encoded elsewhere.
+pub type KvMap = imbl::OrdMap<String, String>;
+
 /// Everything a state store holds durably.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredState {
     /// The last log entry whose effect is included.
     pub applied_index: LogIndex,
     pub applied_term: Term,
-    pub data: HashMap<String, String>,
+    pub data: KvMap,
     /// The exactly-once session table, encoded by the state machine (opaque here).
     pub sessions: Vec<u8>,
 }

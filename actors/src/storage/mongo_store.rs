@@ -54,7 +54,6 @@
 //! start); a crash after it leaves the new state and an orphan collection,
 //! which the next start drops.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
@@ -63,7 +62,7 @@ use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Database};
 use tracing::{debug, warn};
 
-use super::{FlushBatch, Store, StoreError, StoredState};
+use super::{FlushBatch, KvMap, Store, StoreError, StoredState};
 
 const META: &str = "meta";
 const STATE_ID: &str = "state";
@@ -308,7 +307,7 @@ impl Store for MongoStore {
         let state = StoredState {
             applied_index: get_u64(&meta, "applied_index")?,
             applied_term: get_u64(&meta, "applied_term")?,
-            data: HashMap::new(),
+            data: KvMap::new(),
             sessions: BASE64_STANDARD
                 .decode(get_str(&meta, "sessions")?)
                 .map_err(|e| corrupt(format!("meta field \"sessions\" is not base64: {e}")))?,
