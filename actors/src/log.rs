@@ -17,7 +17,7 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use protocol::{LogIndex, Term};
@@ -105,6 +105,10 @@ impl Handler<WalFailed> for LogActor {
     }
 }
 
+/// How long the log is idle before it records, with an fsync of its own, that
+/// its last write was synced (so a later loss of it is seen as a loss).
+const IDLE_SYNCED_MARK: Duration = Duration::from_millis(100);
+
 struct WalWriter {
     node_id: protocol::NodeId,
     wal: Wal,
@@ -116,7 +120,21 @@ struct WalWriter {
 impl WalWriter {
     fn run(&mut self, queue: mpsc::Receiver<Persist>) -> Result<(), WalError> {
         let mut records = Vec::new();
-        while let Ok(first) = queue.recv() {
+        // Jobs without records (a follower's answers to heartbeats) keep
+        // coming while nothing is written: idleness is time since a write.
+        let mut last_write = Instant::now();
+        loop {
+            if last_write.elapsed() >= IDLE_SYNCED_MARK && self.wal.record_synced()? {
+                debug!(
+                    synced = self.wal.len_bytes(),
+                    "idle write-ahead log: synced length recorded"
+                );
+            }
+            let first = match queue.recv_timeout(IDLE_SYNCED_MARK) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             batch.extend(queue.try_iter());
             let span = info_span!("log", node = self.node_id, term = self.view.term(), role = %self.view.role());
@@ -152,6 +170,7 @@ impl WalWriter {
             if !records.is_empty() {
                 self.wal.append(&records)?;
                 records.clear();
+                last_write = Instant::now();
             }
             self.wal.sync()?;
             debug!(

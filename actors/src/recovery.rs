@@ -64,9 +64,17 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
     if from_wal.truncated_bytes > 0 {
         warn!(
             bytes = from_wal.truncated_bytes,
+            synced_lost = from_wal.lost_synced.is_some(),
             "torn or corrupt write-ahead log tail truncated"
         );
-        warn!("not voting until the cluster's term is known and a leader has caught this node up");
+        match from_wal.lost_synced {
+            Some(through) => warn!(
+                synced_through = through,
+                "the cut took records an fsync had made durable: not voting until the cluster's \
+                 term is known and a leader has caught this node up"
+            ),
+            None => info!("the cut took only a write that was never synced: nothing acknowledged was lost"),
+        }
     }
     let blank_wal = from_wal.hard_state == HardState::default()
         && from_wal.start_index == 0

@@ -681,6 +681,7 @@ impl RaftCore {
         let any_term = recovery.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
         let learned = recovery.learned_term;
         let members = self.config.members.len();
+        let everyone_answered = recovery.answers.len() + 1 >= members;
         if learned.is_none() && answered >= self.probe_answers_needed() {
             let term = self.spend_vote_in(known_term);
             if let Some(recovery) = self.recovery.as_mut() {
@@ -692,10 +693,14 @@ impl RaftCore {
                  waiting for a leader to catch this node up before it votes again"
             );
         }
-        if members - recovering_nodes < self.quorum() {
+        if everyone_answered && members - recovering_nodes < self.quorum() {
             // No quorum of intact nodes exists: nobody can restore what was lost,
             // and waiting would stop the cluster for good. The vote stays spent
-            // in the highest term heard, at least.
+            // in the highest term heard, at least. Only once every member has
+            // answered this round: a silent one may be intact and hold what a
+            // quorum acknowledged, and giving up early (two nodes recovering, one
+            // down) could elect a leader without it. Waiting costs availability
+            // until that node is back; giving up could cost acknowledged writes.
             if learned.is_none() {
                 self.spend_vote_in(any_term);
             }

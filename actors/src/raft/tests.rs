@@ -827,6 +827,9 @@ fn recovery_is_given_up_when_no_quorum_of_intact_nodes_exists() {
     // majority can ever catch them up, so waiting would stop the cluster.
     let mut node = recovering_core(1, &[1, 2, 3], 4, vec![entry(1, 1)]);
     node.step(probe_reply(2, 1, 4, true));
+    // Node 3 has not answered: it may be intact and hold what was acknowledged.
+    assert!(node.is_recovering(), "gave up before every member answered");
+    node.step(probe_reply(3, 1, 4, false));
     assert!(!node.is_recovering());
     node.take_ready();
     // Its vote in the highest term heard stays spent: it may have cast it already.

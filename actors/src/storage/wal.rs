@@ -33,6 +33,22 @@
 //! checksum, does not decode or would leave a gap in the log ends the valid
 //! prefix: the file is cut there, since nothing after it can be trusted.
 //!
+//! # Torn tails and lost synced records
+//!
+//! A crash can only tear what was written after the last completed fsync,
+//! and nothing after that fsync was acknowledged: cutting such a tail loses
+//! nothing anyone was promised. Losing records an fsync had covered (a disk
+//! that lied, or corrupted them later) is another matter: the node may have
+//! acknowledged entries or cast a vote that are gone (RaftCore, invariant 9).
+//! To tell the two apart, the file records what was synced: every write
+//! after an fsync begins with a `Synced { through }` record, the length of
+//! the file that fsync made durable, and an idle log writes one on its own
+//! ([`Wal::record_synced`]). At open, damage at offset X is a lost synced
+//! record if any intact `Synced` record after X claims `through > X`: the
+//! damaged bytes were covered by an fsync that completed. Otherwise the
+//! damage is a torn unsynced tail (or lies in the last synced write with
+//! nothing written after it, which no record can reveal).
+//!
 //! # Compaction
 //!
 //! [`Wal::rewrite`] writes the whole state to `wal.log.tmp`, syncs it and
@@ -72,7 +88,15 @@ pub enum WalRecord {
     },
     /// An entry; it replaces whatever the log held at its index and after.
     Entry(Entry),
+    /// The first `through` bytes of this file were made durable by an fsync
+    /// that completed (see "Torn tails and lost synced records").
+    Synced {
+        through: u64,
+    },
 }
+
+/// Largest payload of a `Synced` record (what the scan after damage looks for).
+const MAX_SYNCED_PAYLOAD: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -101,6 +125,9 @@ pub struct Recovered {
     /// Bytes cut off after the valid records: a torn or corrupt tail, with
     /// the zeros after it. Zero when the records end cleanly.
     pub truncated_bytes: u64,
+    /// The cut took bytes an fsync had made durable: the highest synced
+    /// length a record after the damage claims. None for a torn unsynced tail.
+    pub lost_synced: Option<u64>,
 }
 
 pub struct Wal {
@@ -117,6 +144,10 @@ pub struct Wal {
     /// skipped: a follower answering a read round or a heartbeat has nothing
     /// to make durable, and an fsync would cost it a disk flush.
     unsynced: bool,
+    /// Length of the records at the last completed fsync.
+    synced_len: u64,
+    /// The highest `through` of a `Synced` record written to the file.
+    recorded_synced: u64,
 }
 
 impl Wal {
@@ -126,11 +157,12 @@ impl Wal {
         Wal::open_marking_damage(dir, |hard| hard)
     }
 
-    /// [`Wal::open`], and if the tail had to be cut, `mark` rewrites the hard
-    /// state in the same step: the file is replaced atomically by the valid
-    /// records followed by the marked hard state. A crash before that
-    /// replacement leaves the damaged file, found again at the next open; so
-    /// the cut is never durable without the mark.
+    /// [`Wal::open`], and if the cut takes synced records, `mark` rewrites
+    /// the hard state in the same step: the file is replaced atomically by
+    /// the valid records followed by the marked hard state. A crash before
+    /// that replacement leaves the damaged file, found again at the next
+    /// open; so the cut is never durable without the mark. A torn unsynced
+    /// tail is cut without a mark: nothing in it was acknowledged.
     pub fn open_marking_damage(
         dir: &Path,
         mark: impl FnOnce(HardState) -> HardState,
@@ -156,27 +188,34 @@ impl Wal {
 
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (mut recovered, valid) = replay(&bytes);
+        let (mut recovered, valid, recorded_synced) = replay(&bytes);
         let total = bytes.len() as u64;
         let mut len = valid;
         let mut allocated = total;
+        let mut recorded_synced = recorded_synced;
         let tail = &bytes[valid as usize..];
         if tail.iter().any(|&byte| byte != 0) {
             // Not the zeros preallocation leaves: a torn or corrupt record. Cut
             // it, zeros included, so no stale record can ever follow new ones.
             recovered.truncated_bytes = total - valid;
+            recovered.lost_synced = synced_claim_after(&bytes, valid as usize);
             tracing::warn!(
                 path = %path.display(),
                 offset = valid,
                 bytes = total - valid,
+                synced_through = recovered.lost_synced,
                 "write-ahead log has a torn or corrupt tail; truncating it"
             );
             bytes.truncate(valid as usize);
-            let marked = mark(recovered.hard_state);
-            if marked != recovered.hard_state {
-                encode_into(&mut bytes, &WalRecord::HardState(marked))?;
-                recovered.hard_state = marked;
+            if recovered.lost_synced.is_some() {
+                let marked = mark(recovered.hard_state);
+                if marked != recovered.hard_state {
+                    encode_into(&mut bytes, &WalRecord::HardState(marked))?;
+                    recovered.hard_state = marked;
+                }
             }
+            // The claims cut with the tail are gone from the file.
+            recorded_synced = recorded_synced.min(bytes.len() as u64);
             // Synced before its rename, like every replacement.
             write_tmp(dir, &bytes)?;
             file = install_tmp(dir)?;
@@ -197,6 +236,9 @@ impl Wal {
             buf: Vec::new(),
             poisoned: false,
             unsynced: false,
+            // Synced just above, or written by `write_tmp`, synced too.
+            synced_len: len,
+            recorded_synced,
         };
         Ok((wal, recovered))
     }
@@ -205,6 +247,10 @@ impl Wal {
     pub fn append(&mut self, records: &[WalRecord]) -> Result<(), WalError> {
         self.check_usable()?;
         self.buf.clear();
+        let claim = self.synced_len;
+        if claim > self.recorded_synced {
+            encode_into(&mut self.buf, &WalRecord::Synced { through: claim })?;
+        }
         for record in records {
             encode_into(&mut self.buf, record)?;
         }
@@ -221,6 +267,7 @@ impl Wal {
             return Err(e.into());
         }
         self.len += self.buf.len() as u64;
+        self.recorded_synced = self.recorded_synced.max(claim);
         self.unsynced |= !self.buf.is_empty();
         self.buf.clear();
         self.buf.shrink_to(KEEP_BUF_BYTES);
@@ -252,7 +299,23 @@ impl Wal {
             return Err(e.into());
         }
         self.unsynced = false;
+        self.synced_len = self.len;
         Ok(())
+    }
+
+    /// When nothing else is being written: records that the file is synced
+    /// through its end, with a `Synced` record of its own (and an fsync), so
+    /// that losing the last write later is seen as a loss, not a torn tail.
+    /// Returns whether it wrote one.
+    pub fn record_synced(&mut self) -> Result<bool, WalError> {
+        if self.unsynced || self.synced_len <= self.recorded_synced {
+            return Ok(false);
+        }
+        self.append(&[])?;
+        self.sync()?;
+        // Only the record itself is past what it claims, and it is no loss.
+        self.recorded_synced = self.synced_len;
+        Ok(true)
     }
 
     /// Compaction: atomically replaces the file by one holding just `hard`, the start point and `entries`.
@@ -286,6 +349,8 @@ impl Wal {
                 self.file = file;
                 // The new file was synced before its rename; the old one's unsynced tail is in it.
                 self.unsynced = false;
+                self.synced_len = len;
+                self.recorded_synced = 0;
                 self.len = len;
                 self.allocated = len + PREALLOC_BYTES;
                 self.buf.clear();
@@ -334,12 +399,15 @@ fn encode_into(buf: &mut Vec<u8>, record: &WalRecord) -> Result<(), WalError> {
     Ok(())
 }
 
-/// Replays `bytes`, returning the state and the length of the valid prefix.
-fn replay(bytes: &[u8]) -> (Recovered, u64) {
+/// Replays `bytes`, returning the state, the length of the valid prefix and
+/// the highest synced length its `Synced` records claim.
+fn replay(bytes: &[u8]) -> (Recovered, u64, u64) {
     let mut rec = Recovered::default();
     let mut pos = 0usize;
+    let mut synced = 0u64;
     while let Some((record, next)) = read_record(bytes, pos) {
         match record {
+            WalRecord::Synced { through } => synced = synced.max(through),
             WalRecord::HardState(hard) => rec.hard_state = hard,
             WalRecord::LogStart { index, term } => {
                 rec.start_index = index;
@@ -367,7 +435,29 @@ fn replay(bytes: &[u8]) -> (Recovered, u64) {
         }
         pos = next;
     }
-    (rec, pos as u64)
+    (rec, pos as u64, synced)
+}
+
+/// The highest length an intact `Synced` record after the damage at
+/// `damage` claims, if it is beyond the damage: then an fsync had covered
+/// the damaged bytes. Records after damage are found by trying every offset;
+/// only small payloads are decoded, so the scan is linear in the tail.
+fn synced_claim_after(bytes: &[u8], damage: usize) -> Option<u64> {
+    let mut claim: Option<u64> = None;
+    let mut pos = damage.saturating_add(1);
+    while pos.saturating_add(HEADER_BYTES) < bytes.len() {
+        let header = &bytes[pos..pos + HEADER_BYTES];
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if (1..=MAX_SYNCED_PAYLOAD).contains(&len) {
+            if let Some((WalRecord::Synced { through }, _)) = read_record(bytes, pos) {
+                if through > damage as u64 {
+                    claim = claim.max(Some(through));
+                }
+            }
+        }
+        pos += 1;
+    }
+    claim
 }
 
 /// Writes `content` and a zeroed preallocation to `<dir>/wal.log.tmp`, synced.
@@ -539,6 +629,7 @@ mod tests {
                 start_term: 0,
                 entries: want,
                 truncated_bytes: 0,
+                lost_synced: None,
             }
         );
         assert_eq!(wal.len_bytes(), len);
@@ -774,51 +865,108 @@ mod tests {
         assert_eq!(rec.truncated_bytes, 0);
     }
 
-    #[test]
-    fn cut_and_damage_mark_are_one_step() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        write_log(
-            dir,
+    fn mark(hard: HardState) -> HardState {
+        HardState {
+            recovering: true,
+            ..hard
+        }
+    }
+
+    /// Hard state and entries 1..=3 synced, then entries 4..=5 synced (their
+    /// write begins with a `Synced` record claiming the first write). Returns
+    /// the file's records and where the first write ended.
+    fn two_synced_writes(dir: &Path) -> (Vec<u8>, usize) {
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(
             &[
                 vec![WalRecord::HardState(hard(4, Some(2)))],
                 records(&entries(1..=3, 4)),
             ]
             .concat(),
-        );
-        let mut bytes = read_records(dir);
-        bytes.extend_from_slice(&[0x10, 0, 0, 0, 1, 2, 3, 4, 5]);
+        )
+        .unwrap();
+        wal.sync().unwrap();
+        let first = wal.len_bytes() as usize;
+        wal.append(&records(&entries(4..=5, 4))).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        (read_records(dir), first)
+    }
+
+    #[test]
+    fn a_lost_synced_record_is_told_from_a_torn_tail_and_marked_in_one_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut bytes, first) = two_synced_writes(dir);
+        // Entry 3, inside the first synced write, is corrupted (a disk that lied).
+        let entry3 = boundaries(&bytes)[3];
+        assert!(entry3 < first);
+        bytes[entry3 + HEADER_BYTES + 2] ^= 0x40;
         fs::write(wal_path(dir), &bytes).unwrap();
 
-        let mark = |hard: HardState| HardState {
-            recovering: true,
-            ..hard
-        };
         let (wal, rec) = Wal::open_marking_damage(dir, mark).unwrap();
         assert!(rec.truncated_bytes > 0);
-        assert_eq!(
-            rec.hard_state,
-            HardState {
-                recovering: true,
-                ..hard(4, Some(2))
-            }
-        );
-        assert_eq!(rec.entries, entries(1..=3, 4));
+        assert_eq!(rec.lost_synced, Some(first as u64));
+        assert_eq!(rec.hard_state, mark(hard(4, Some(2))));
+        assert_eq!(rec.entries, entries(1..=2, 4));
         // Killed right after the open: the mark is already in the file, and the damage gone.
         drop(wal);
         let rec = reopen(dir);
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_eq!(
-            rec.hard_state,
-            HardState {
-                recovering: true,
-                ..hard(4, Some(2))
-            }
-        );
-        assert_eq!(rec.entries, entries(1..=3, 4));
+        assert_eq!((rec.truncated_bytes, rec.lost_synced), (0, None));
+        assert_eq!(rec.hard_state, mark(hard(4, Some(2))));
+        assert_eq!(rec.entries, entries(1..=2, 4));
         // A clean open does not mark.
         let (_, rec) = Wal::open_marking_damage(dir, |hard| HardState { term: 99, ..hard }).unwrap();
         assert_eq!(rec.hard_state.term, 4);
+    }
+
+    #[test]
+    fn a_torn_unsynced_tail_is_cut_without_a_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut bytes, _) = two_synced_writes(dir);
+        let intact = bytes.len();
+        // A third write, cut by the crash before its fsync: its `Synced` record
+        // (claiming the second write) is whole, the entry after it torn.
+        let mut third = Vec::new();
+        encode_into(&mut third, &WalRecord::Synced { through: intact as u64 }).unwrap();
+        encode_into(&mut third, &WalRecord::Entry(entry(6, 4))).unwrap();
+        bytes.extend_from_slice(&third[..third.len() - 3]);
+        fs::write(wal_path(dir), &bytes).unwrap();
+
+        let (_, rec) = Wal::open_marking_damage(dir, mark).unwrap();
+        assert!(rec.truncated_bytes > 0);
+        assert_eq!(rec.lost_synced, None);
+        assert_eq!(rec.hard_state, hard(4, Some(2)), "not marked");
+        assert_eq!(rec.entries, entries(1..=5, 4));
+    }
+
+    #[test]
+    fn an_idle_log_records_its_last_sync_so_losing_that_write_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut wal, _) = Wal::open(dir).unwrap();
+        wal.append(&records(&entries(1..=3, 2))).unwrap();
+        wal.sync().unwrap();
+        let synced = wal.len_bytes();
+        assert!(wal.record_synced().unwrap());
+        assert!(!wal.record_synced().unwrap(), "nothing new to record");
+        drop(wal);
+        let mut bytes = read_records(dir);
+        let last_entry = boundaries(&bytes)[2];
+        bytes[last_entry + HEADER_BYTES + 2] ^= 0x40;
+        fs::write(wal_path(dir), &bytes).unwrap();
+        let (_, rec) = Wal::open_marking_damage(dir, mark).unwrap();
+        assert_eq!(rec.lost_synced, Some(synced));
+        assert!(rec.hard_state.recovering);
+        assert_eq!(rec.entries, entries(1..=2, 2));
+    }
+
+    #[test]
+    fn a_synced_record_is_small_enough_for_the_scan() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, &WalRecord::Synced { through: u64::MAX }).unwrap();
+        assert!(buf.len() - HEADER_BYTES <= MAX_SYNCED_PAYLOAD, "{} bytes", buf.len());
     }
 
     #[test]
@@ -928,6 +1076,7 @@ mod tests {
                 start_term: 1,
                 entries: want,
                 truncated_bytes: 0,
+                lost_synced: None,
             }
         );
     }
