@@ -19,7 +19,7 @@ use protocol::{ClientError, LogIndex, Reply, Term};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn};
 
-use crate::election::{fatal, ElectionActor};
+use crate::election::{drop_elsewhere, fatal, ElectionActor};
 use crate::messages::*;
 use crate::snapshot::DecodedSnapshot;
 use crate::state::StateMachine;
@@ -350,7 +350,7 @@ impl Handler<InstallSnapshot> for CommitActor {
             keys = state.len(),
             "snapshot installed in memory; writing to the store"
         );
-        self.state = state;
+        drop_elsewhere(std::mem::replace(&mut self.state, state));
         self.view.set_applied(self.state.applied_index());
         self.failed_batch = None;
         self.flush_failures = 0;

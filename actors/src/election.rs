@@ -76,6 +76,7 @@ const SEALED_PATIENCE: Duration = Duration::from_secs(120);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SnapshotDecoded {
+    transfer: Transfer,
     seal: PeerEnvelope,
     result: Result<DecodedSnapshot, String>,
 }
@@ -452,17 +453,30 @@ impl ElectionActor {
             last_index,
             last_term,
             offset,
-            data,
-        } = &mut envelope.message
+            ..
+        } = envelope.message
         else {
             return;
         };
-        let (index, last_term, offset, data) = (*last_index, *last_term, *offset, std::mem::take(data));
+        let (index, offset) = (last_index, offset);
+        // The core checks bounds too, but it sees the chunk without its bytes.
+        if let Err(error) = envelope.check_bounds() {
+            error!(from = envelope.from, %error, "snapshot chunk out of bounds: ignored");
+            return;
+        }
+        let data = match &mut envelope.message {
+            PeerMessage::SnapshotChunk { data, .. } => std::mem::take(data),
+            _ => return,
+        };
         let (from, term) = (envelope.from, envelope.term);
         self.core.step(envelope);
         self.process(ctx);
         let following = self.core.role() == Role::Follower && self.core.leader() == Some(from);
-        if !following || self.core.term() != term || index <= self.core.commit_index() {
+        if !following
+            || !self.core.takes_entries()
+            || self.core.term() != term
+            || index <= self.core.commit_index()
+        {
             return;
         }
         let transfer = Transfer {
@@ -473,6 +487,7 @@ impl ElectionActor {
             last_term,
         };
         if self.incoming.as_ref().map(|i| i.transfer) != Some(transfer) {
+            self.incoming = None;
             if offset != 0 {
                 // The start of this snapshot is not here (this node restarted): start again.
                 self.ack_snapshot(from, index, last_term, 0);
@@ -553,11 +568,15 @@ impl ElectionActor {
             self.ack_snapshot(envelope.from, last_index, last_term, 0);
             return;
         }
-        incoming.decoding = true;
         let me = ctx.address();
+        let name = format!("snapshot-from-{}", envelope.from);
         let started = incoming.open().and_then(|file| {
-            snapshot::spawn_decoder(file, format!("snapshot-from-{}", envelope.from), move |result| {
-                me.do_send(SnapshotDecoded { seal: envelope, result });
+            snapshot::spawn_decoder(file, seal, name, move |result| {
+                me.do_send(SnapshotDecoded {
+                    transfer,
+                    seal: envelope,
+                    result,
+                });
             })
         });
         if let Err(e) = started {
@@ -595,6 +614,17 @@ pub fn persist_request(core: &RaftCore, ready: &mut Ready) -> Option<Persist> {
         rewrite,
         then_send: std::mem::take(&mut ready.after_persist),
     })
+}
+
+/// Drops `value` on a thread of its own: freeing a state of millions of keys
+/// takes a good part of a second, too long for the thread all actors share.
+pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value))
+    {
+        warn!("cannot start a thread to free memory ({e}): freeing it here");
+    }
 }
 
 /// Exit code of a node stopped by [`fatal`].
@@ -635,6 +665,10 @@ impl Handler<PeerInbound> for ElectionActor {
 
     fn handle(&mut self, PeerInbound(envelope): PeerInbound, ctx: &mut Context<Self>) {
         let _span = self.span().entered();
+        if let Err(error) = envelope.check_bounds() {
+            error!(from = envelope.from, %error, "peer message out of bounds: ignored");
+            return;
+        }
         match envelope.message {
             PeerMessage::SnapshotChunk { .. } => return self.on_snapshot_chunk(envelope, ctx),
             // A snapshot is checked and decoded before the core acts on it: once the
@@ -646,8 +680,18 @@ impl Handler<PeerInbound> for ElectionActor {
                 last_term,
                 next_offset,
             } => self.on_snapshot_ack(envelope.from, envelope.term, last_index, last_term, next_offset),
-            PeerMessage::SnapshotResponse { .. } => {
-                self.outgoing.remove(&envelope.from);
+            PeerMessage::SnapshotResponse { last_index, .. } => {
+                // Only an answer to this leader's transfer ends it (a late answer to
+                // an earlier one must not cancel a new one).
+                let answered = self.core.role() == Role::Leader
+                    && envelope.term == self.core.term()
+                    && self
+                        .outgoing
+                        .get(&envelope.from)
+                        .is_some_and(|o| last_index >= o.transfer.index);
+                if answered {
+                    self.outgoing.remove(&envelope.from);
+                }
             }
             _ => {}
         }
@@ -670,8 +714,9 @@ impl Handler<SnapshotDecoded> for ElectionActor {
         let current = self
             .incoming
             .as_ref()
-            .is_some_and(|i| i.decoding && (i.transfer.index, i.transfer.last_term) == (last_index, last_term));
+            .is_some_and(|i| i.decoding && i.transfer == decoded.transfer);
         if !current {
+            drop_elsewhere(decoded.result);
             return; // a newer transfer replaced it
         }
         self.incoming = None;
@@ -684,7 +729,7 @@ impl Handler<SnapshotDecoded> for ElectionActor {
                 self.core.step(decoded.seal);
                 self.process(ctx);
                 // Not taken by an install (the term moved on meanwhile): dropped.
-                self.decoded = None;
+                drop_elsewhere(self.decoded.take());
             }
             Ok(_) | Err(_) => {
                 let reason = decoded

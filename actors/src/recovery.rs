@@ -24,6 +24,8 @@ pub enum RecoveryError {
     State(#[from] StateError),
     #[error("cannot record this start's incarnation in the data folder: {0}")]
     Incarnation(#[from] std::io::Error),
+    #[error("cannot remove the snapshot staging files an earlier run left: {0}")]
+    Staging(std::io::Error),
     #[error(
         "the state store is at index {applied} but the log starts after {start}: entries in between are lost; \
          refusing to start (restore the data folder or wipe it to rejoin as a new node)"
@@ -75,6 +77,10 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
             ),
             None => info!("the cut took only a write that was never synced: nothing acknowledged was lost"),
         }
+    }
+    let staged = crate::snapshot::discard_staged(&settings.data_dir).map_err(RecoveryError::Staging)?;
+    if staged > 0 {
+        info!(files = staged, "removed snapshot staging files left by an earlier run");
     }
     let blank_wal = from_wal.hard_state == HardState::default()
         && from_wal.start_index == 0

@@ -21,8 +21,9 @@
 //! before the follower's log is reset to the snapshot (see the ElectionActor).
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +55,22 @@ impl Default for Pacing {
         }
     }
 }
-/// Name of the follower's staging file, in its data folder.
-const STAGING_FILE: &str = "snapshot.incoming";
+
+/// Most resends of the unacknowledged window in a row, before the wait
+/// between them stops doubling (1, 2, 4, 8 s, then 8 s).
+const RESEND_DOUBLINGS: u32 = 3;
+
+impl Pacing {
+    /// The wait before the `n`th resend in a row (0: the first).
+    fn resend_wait(&self, n: u32) -> Duration {
+        self.resend_after.saturating_mul(1 << n.min(RESEND_DOUBLINGS))
+    }
+}
+/// The follower's staging files, in its data folder, are
+/// `snapshot-<n>.incoming`: a new name per transfer, so that dropping a
+/// replaced transfer never removes its successor's file.
+const STAGING_PREFIX: &str = "snapshot-";
+const STAGING_SUFFIX: &str = ".incoming";
 
 /// A snapshot decoded off the actor thread: the state machine and the state
 /// the store must hold (sharing one key-value map).
@@ -205,6 +220,9 @@ pub async fn stream_snapshot(
     let mut seal: Option<Seal> = None;
     let mut last_progress = Instant::now();
     let mut resend_at = Instant::now() + pacing.resend_after;
+    // Resends since the last progress: each waits twice as long, so a stalled
+    // link queues a few copies of the window, not one per second.
+    let mut resends = 0u32;
     loop {
         if let Some(seal) = seal {
             if acked >= seal.bytes {
@@ -235,6 +253,7 @@ pub async fn stream_snapshot(
                 if next_offset > acked {
                     acked = next_offset.min(sent_end);
                     last_progress = Instant::now();
+                    resends = 0;
                     resend_at = last_progress + pacing.resend_after;
                     while unacked.front().is_some_and(|(offset, data)| offset + data.len() as u64 <= acked) {
                         if let Some((_, data)) = unacked.pop_front() {
@@ -251,7 +270,8 @@ pub async fn stream_snapshot(
                 for (offset, data) in &unacked {
                     transport.send(transfer.chunk(*offset, data.clone()));
                 }
-                resend_at = Instant::now() + pacing.resend_after;
+                resends = resends.saturating_add(1);
+                resend_at = Instant::now() + pacing.resend_wait(resends);
             }
         }
     }
@@ -270,15 +290,12 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Starts staging a new snapshot in `dir` (replacing any earlier one: a
-    /// new file, so that a decoder still reading the old one is undisturbed).
+    /// Starts staging a new snapshot in a new file in `dir`.
     pub fn start(dir: &Path, transfer: Transfer) -> std::io::Result<Incoming> {
-        let path = dir.join(STAGING_FILE);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let file = File::create_new(&path)?;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{STAGING_PREFIX}{n}{STAGING_SUFFIX}"));
+        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
         Ok(Incoming {
             transfer,
             path,
@@ -292,6 +309,13 @@ impl Incoming {
     /// Takes the chunk at `offset` if it is the one expected next (others are
     /// repeats, or come after a lost one); returns how many bytes it holds.
     pub fn accept(&mut self, offset: u64, data: &[u8]) -> std::io::Result<u64> {
+        let end = self.next_offset.saturating_add(data.len() as u64);
+        if end > protocol::MAX_SNAPSHOT_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a snapshot past {} bytes", protocol::MAX_SNAPSHOT_BYTES),
+            ));
+        }
         if offset == self.next_offset && !self.decoding {
             self.file.write_all(data)?;
             self.hasher.update(data);
@@ -309,10 +333,47 @@ impl Incoming {
         self.next_offset == seal.bytes && self.hasher.clone().finalize() == seal.checksum
     }
 
-    /// Opens the staged bytes for decoding.
+    /// The staged bytes, from their start, for decoding (the same open file:
+    /// nothing is reopened by name). Nothing more is appended after this.
     pub fn open(&mut self) -> std::io::Result<File> {
+        self.decoding = true;
         self.file.flush()?;
-        File::open(&self.path)
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    }
+}
+
+/// Removes staging files left by an earlier run (a crash, or an exit that
+/// ran no destructors): they are scratch, and can be large.
+pub fn discard_staged(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGING_PREFIX) && name.ends_with(STAGING_SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Counts and checksums what the decoder reads, so the bytes decoded are
+/// the bytes the seal describes (not only the bytes that were staged).
+struct Checked<R> {
+    inner: R,
+    bytes: u64,
+    hasher: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes = self.bytes.saturating_add(n as u64);
+        Ok(n)
     }
 }
 
@@ -323,19 +384,35 @@ impl Drop for Incoming {
     }
 }
 
-/// Decodes staged snapshot bytes on a thread of its own; `done` gets the result there.
+/// Decodes staged snapshot bytes on a thread of its own, checking them
+/// against `seal` as they are read; `done` gets the result there.
 pub fn spawn_decoder(
     file: File,
+    seal: Seal,
     thread_name: String,
     done: impl FnOnce(Result<DecodedSnapshot, String>) + Send + 'static,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name(thread_name).spawn(move || {
-        let decoded = StateMachine::read_snapshot(BufReader::with_capacity(1 << 20, file))
-            .map(|(state, stored)| DecodedSnapshot { state, stored })
-            .map_err(|e| e.to_string());
-        done(decoded);
-    })?;
+    std::thread::Builder::new().name(thread_name).spawn(move || done(decode(file, seal)))?;
     Ok(())
+}
+
+fn decode(file: File, seal: Seal) -> Result<DecodedSnapshot, String> {
+    let mut reader = Checked {
+        inner: BufReader::with_capacity(1 << 20, file),
+        bytes: 0,
+        hasher: crc32fast::Hasher::new(),
+    };
+    let (state, stored) = StateMachine::read_snapshot(&mut reader).map_err(|e| e.to_string())?;
+    // Bytes after the encoded state would be garbage the seal still covers.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    let read = Seal {
+        bytes: reader.bytes,
+        checksum: reader.hasher.finalize(),
+    };
+    if read != seal {
+        return Err(format!("read back {read:?}, but the seal says {seal:?}"));
+    }
+    Ok(DecodedSnapshot { state, stored })
 }
 
 #[cfg(test)]
@@ -431,8 +508,11 @@ mod tests {
         wrong.checksum ^= 1;
         assert!(!incoming.matches(wrong));
         let file = incoming.open().unwrap();
+        assert_eq!(decode(file.try_clone().unwrap(), wrong).map(|_| ()), Err(format!("read back {seal:?}, but the seal says {wrong:?}")));
+        let mut file = file;
+        file.seek(SeekFrom::Start(0)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        spawn_decoder(file, "decode-test".into(), move |r| tx.send(r).unwrap()).unwrap();
+        spawn_decoder(file, seal, "decode-test".into(), move |r| tx.send(r).unwrap()).unwrap();
         rx.recv().unwrap().unwrap()
     }
 
@@ -461,12 +541,10 @@ mod tests {
         let (_ack_tx, acks) = mpsc::channel(1);
         let result = stream_snapshot(transfer, wire.clone(), pieces, acks, QUICK).await;
         assert_eq!(result, Err(TransferError::Stalled(QUICK.stall_limit)));
-        // The one chunk went out again at every resend.
-        assert!(
-            wire.sent.lock().unwrap().len() >= 5,
-            "{}",
-            wire.sent.lock().unwrap().len()
-        );
+        // The one chunk went out again at every resend, each after twice the
+        // wait of the one before: at 0, 50, 150 and 350 ms of the 500.
+        let sent = wire.sent.lock().unwrap().len();
+        assert!((3..=5).contains(&sent), "{sent} sendings");
     }
 
     #[tokio::test]
@@ -502,9 +580,17 @@ mod tests {
             checksum: crc32fast::hash(b"abcde"),
         };
         assert!(incoming.matches(seal));
-        let path = dir.path().join(STAGING_FILE);
+        let path = incoming.path.clone();
         assert_eq!(std::fs::read(&path).unwrap(), b"abcde");
+        // A new transfer replacing this one keeps its own file.
+        let next = Incoming::start(dir.path(), Transfer { term: 2, ..transfer }).unwrap();
         drop(incoming);
         assert!(!path.exists(), "the staging file is scratch");
+        assert!(next.path.exists(), "dropping the old transfer removed the new one's file");
+        // What a crash leaves behind goes at the next start.
+        std::mem::forget(next);
+        std::fs::write(dir.path().join("unrelated"), b"kept").unwrap();
+        assert_eq!(discard_staged(dir.path()).unwrap(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -660,6 +660,12 @@ impl RaftCore {
     /// Intact peers (not recovering themselves) that must answer one probe
     /// round before the node knows the cluster's term: enough that every
     /// quorum holds one of them besides this node.
+    /// Whether this node takes entries (or a snapshot) from a leader now:
+    /// not while it recovers and does not know the cluster's term yet.
+    pub fn takes_entries(&self) -> bool {
+        self.recovery.as_ref().is_none_or(|r| r.learned_term.is_some())
+    }
+
     fn probe_answers_needed(&self) -> usize {
         self.config.members.len() - self.quorum() + 1
     }
@@ -1033,7 +1039,7 @@ impl RaftCore {
             PeerMessage::AppendEntries { .. }
             | PeerMessage::InstallSnapshot { .. }
             | PeerMessage::SnapshotChunk { .. }
-                if self.recovery.as_ref().is_some_and(|r| r.learned_term.is_none()) =>
+                if !self.takes_entries() =>
             {
                 // Invariant 9: until the cluster's term is known, this may be a
                 // deposed leader that this node, before its loss, had already
