@@ -472,11 +472,7 @@ impl ElectionActor {
         self.core.step(envelope);
         self.process(ctx);
         let following = self.core.role() == Role::Follower && self.core.leader() == Some(from);
-        if !following
-            || !self.core.takes_entries()
-            || self.core.term() != term
-            || index <= self.core.commit_index()
-        {
+        if !following || !self.core.takes_entries() || self.core.term() != term || index <= self.core.commit_index() {
             return;
         }
         let transfer = Transfer {

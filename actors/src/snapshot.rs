@@ -392,7 +392,9 @@ pub fn spawn_decoder(
     thread_name: String,
     done: impl FnOnce(Result<DecodedSnapshot, String>) + Send + 'static,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name(thread_name).spawn(move || done(decode(file, seal)))?;
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || done(decode(file, seal)))?;
     Ok(())
 }
 
@@ -508,7 +510,10 @@ mod tests {
         wrong.checksum ^= 1;
         assert!(!incoming.matches(wrong));
         let file = incoming.open().unwrap();
-        assert_eq!(decode(file.try_clone().unwrap(), wrong).map(|_| ()), Err(format!("read back {seal:?}, but the seal says {wrong:?}")));
+        assert_eq!(
+            decode(file.try_clone().unwrap(), wrong).map(|_| ()),
+            Err(format!("read back {seal:?}, but the seal says {wrong:?}"))
+        );
         let mut file = file;
         file.seek(SeekFrom::Start(0)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -586,7 +591,10 @@ mod tests {
         let next = Incoming::start(dir.path(), Transfer { term: 2, ..transfer }).unwrap();
         drop(incoming);
         assert!(!path.exists(), "the staging file is scratch");
-        assert!(next.path.exists(), "dropping the old transfer removed the new one's file");
+        assert!(
+            next.path.exists(),
+            "dropping the old transfer removed the new one's file"
+        );
         // What a crash leaves behind goes at the next start.
         std::mem::forget(next);
         std::fs::write(dir.path().join("unrelated"), b"kept").unwrap();
