@@ -426,3 +426,34 @@ async fn one_inbound_connection_per_peer_id() {
     assert_eq!(client.put("after", "slots").await.expect("put"), None);
     cluster.wait_caught_up(claimed, bound).await;
 }
+
+/// Connections that never say hello, more than the peer port keeps open at
+/// once (members + 64): the extra ones are closed at once, the ones kept are
+/// closed when their handshake times out, and the cluster serves throughout.
+#[tokio::test]
+async fn a_flood_of_silent_connections_is_bounded() {
+    let mut cluster = TestCluster::start("hostile-flood", 3, Timers::default());
+    let bound = cluster.timers().election_bound();
+    let (leader, _) = cluster.wait_for_leader(bound).await;
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let mut conns = Vec::new();
+    for _ in 0..120 {
+        conns.push(RawConn::connect(&cluster.peer_endpoint(target)).await);
+    }
+    let mut closed_at_once = 0;
+    for conn in &mut conns {
+        if matches!(conn.next_frame(Duration::from_millis(20)).await, Next::Closed) {
+            closed_at_once += 1;
+        }
+    }
+    // 3 members + 64 spare, less the two real peers' links already open.
+    assert!(
+        (120 - 67..=120 - 65).contains(&closed_at_once),
+        "{closed_at_once} of 120 closed at once"
+    );
+    let client = cluster.client();
+    assert_eq!(client.put("during", "flood").await.expect("put"), None);
+    assert!(cluster.log_text(target).contains("too many connections open"));
+    drop(conns);
+    cluster.wait_caught_up(target, bound).await;
+}

@@ -31,6 +31,15 @@ const PEER_QUEUE: usize = 8192;
 const CLIENT_IN_FLIGHT: usize = 1024;
 /// How long the far end has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections open at once on the client port (and on the RESP port):
+/// each may buffer one client frame ([`MAX_CLIENT_FRAME`]) and its answers.
+pub const MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Most connections open at once on the peer port besides one per peer:
+/// before its handshake a connection buffers at most [`MAX_HANDSHAKE_FRAME`],
+/// after it only one per peer id stays (see [`InboundPeers`]), buffering at
+/// most one peer frame. So the peer port holds at most
+/// `(members - 1) x max_peer_frame_bytes` plus this many small buffers.
+pub const MAX_SPARE_PEER_CONNECTIONS: usize = 64;
 
 /// Outgoing peer links: one queue and one connection per peer.
 pub struct PeerNetwork {
@@ -163,18 +172,28 @@ async fn pump(
 }
 
 /// Accepts connections on `listener` forever, each served by `serve` on a
-/// task of its own. A failed accept (out of file descriptors, say) is
-/// traced and retried after a pause rather than ending the port.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, port: &'static str, mut serve: F)
+/// task of its own, at most `limit` at once: one more is closed at once, with
+/// a trace (a flood of idle connections must not exhaust memory or file
+/// descriptors). A failed accept (out of file descriptors, say) is traced
+/// and retried after a pause rather than ending the port.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, port: &'static str, limit: usize, mut serve: F)
 where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
+    let open = Arc::new(Semaphore::new(limit));
     loop {
         match listener.accept().await {
-            Ok((stream, remote)) => {
-                actix::spawn(serve(stream, remote));
-            }
+            Ok((stream, remote)) => match open.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let served = serve(stream, remote);
+                    actix::spawn(async move {
+                        served.await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => warn!(%remote, limit, "{port} port: too many connections open; closing a new one"),
+            },
             Err(e) => {
                 warn!("{port} accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -193,7 +212,8 @@ pub async fn serve_peers(
     election: Addr<ElectionActor>,
 ) {
     let inbound = InboundPeers::default();
-    accept_loop(listener, "peer", |stream, remote| {
+    let limit = members.len() + MAX_SPARE_PEER_CONNECTIONS;
+    accept_loop(listener, "peer", limit, |stream, remote| {
         let (cluster_id, members, election) = (cluster_id.clone(), members.clone(), election.clone());
         let inbound = inbound.clone();
         async move {
@@ -334,7 +354,12 @@ async fn read_peer_frames(
             );
             return Err(LinkError::Refused("forged sender".into()));
         }
-        election.do_send(PeerInbound(envelope));
+        // Waits until the ElectionActor has handled it: one message in flight
+        // per link, so a fast or hostile peer is slowed by TCP's own flow
+        // control instead of filling the actor's mailbox without bound.
+        if election.send(PeerInbound(envelope)).await.is_err() {
+            return Err(LinkError::Closed);
+        }
     }
 }
 
@@ -346,7 +371,7 @@ pub async fn serve_clients(
     view: SharedView,
     gateway: Addr<ClientGateway>,
 ) {
-    accept_loop(listener, "client", |stream, remote| {
+    accept_loop(listener, "client", MAX_CLIENT_CONNECTIONS, |stream, remote| {
         let (cluster_id, view, gateway) = (cluster_id.clone(), view.clone(), gateway.clone());
         async move {
             match client_connection(stream, me, &cluster_id, &view, gateway).await {

@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, FramedRead};
 use tracing::{debug, info, warn};
 
-use crate::network::accept_loop;
+use crate::network::{accept_loop, MAX_CLIENT_CONNECTIONS};
 
 /// Most arguments one command may have (with [`MAX_ARG_BYTES`], a command
 /// buffers at most 4 MiB).
@@ -188,7 +188,7 @@ pub async fn serve_resp(listener: TcpListener, endpoints: Vec<String>, cluster_i
             return;
         }
     };
-    accept_loop(listener, "RESP", |stream, remote| {
+    accept_loop(listener, "RESP", MAX_CLIENT_CONNECTIONS, |stream, remote| {
         let client = client.clone();
         async move {
             match resp_connection(stream, &client).await {
