@@ -94,9 +94,8 @@ async fn a_node_whose_disk_fills_stops_and_recovers_without_losing_a_write() {
     let started = Instant::now();
     let mut batch = 0;
     while cluster.is_running(victim) {
-        let batch_pairs: Vec<(String, String)> = (0..50)
-            .map(|i| (format!("full-{batch}-{i}"), value.clone()))
-            .collect();
+        let batch_pairs: Vec<(String, String)> =
+            (0..50).map(|i| (format!("full-{batch}-{i}"), value.clone())).collect();
         // Every put is acknowledged: the other two nodes are a majority.
         written.extend(put_all(&client, batch_pairs).await);
         batch += 1;
@@ -107,7 +106,12 @@ async fn a_node_whose_disk_fills_stops_and_recovers_without_losing_a_write() {
         );
     }
     let exit = cluster.last_exit(victim).expect("the victim exited");
-    assert_eq!(exit.code(), Some(EXIT_FATAL), "{exit:?}\n{}", cluster.log_tail(victim, 20));
+    assert_eq!(
+        exit.code(),
+        Some(EXIT_FATAL),
+        "{exit:?}\n{}",
+        cluster.log_tail(victim, 20)
+    );
     let trace = cluster.log_text(victim);
     assert!(
         trace.contains("No space left on device"),
@@ -115,7 +119,10 @@ async fn a_node_whose_disk_fills_stops_and_recovers_without_losing_a_write() {
         cluster.log_tail(victim, 20)
     );
     assert!(trace.contains("fatal:"), "{}", cluster.log_tail(victim, 20));
-    for line in trace.lines().filter(|l| l.contains("No space left") || l.contains("fatal:")) {
+    for line in trace
+        .lines()
+        .filter(|l| l.contains("No space left") || l.contains("fatal:"))
+    {
         eprintln!("node {victim}: {line}");
     }
 
