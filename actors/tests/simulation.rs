@@ -19,6 +19,7 @@ use actors::election::persist_request;
 use actors::messages::Persist;
 use actors::raft::{CoreConfig, HardState, MemLog, RaftCore};
 use actors::recovery::reconcile;
+use actors::state::StateMachine;
 use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, Role, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,6 +36,11 @@ struct Node {
     store: (LogIndex, Term),
     /// Applied in memory (lost on crash, back to `store` on restart).
     applied: (LogIndex, Term),
+    /// The real state machine, as of `applied`.
+    state: StateMachine,
+    /// The state store's content as of `store`: the state machine's own
+    /// snapshot encoding (empty: nothing stored yet).
+    stored_state: Vec<u8>,
     /// Hard states written before the current one, newest last: what a cut
     /// WAL tail falls back to.
     older_hard: Vec<HardState>,
@@ -63,6 +69,26 @@ struct Stats {
     crashes: usize,
     snapshots: usize,
     durable_losses: usize,
+    /// Reads whose value was checked against the committed history.
+    values_checked: usize,
+}
+
+fn encode_state(state: &StateMachine) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    state
+        .snapshot_source()
+        .encode_into(&mut bytes)
+        .expect("a state encodes");
+    bytes
+}
+
+fn decode_state(bytes: &[u8]) -> Result<StateMachine, String> {
+    if bytes.is_empty() {
+        return Ok(StateMachine::default());
+    }
+    StateMachine::read_snapshot(bytes)
+        .map(|(state, _)| state)
+        .map_err(|e| format!("a stored state does not decode: {e}"))
 }
 
 struct Sim {
@@ -85,7 +111,15 @@ struct Sim {
     /// Highest index of a write whose client got a success answer.
     acknowledged_up_to: LogIndex,
     /// Reads in flight: id -> acknowledged_up_to when the read was issued.
-    reads: HashMap<u64, LogIndex>,
+    reads: HashMap<u64, (LogIndex, String)>,
+    /// Reads released by a leader's core, waiting (as in the CommitActor)
+    /// until that node has applied their read index: (node, index, key).
+    waiting_reads: Vec<(usize, LogIndex, String)>,
+    /// Every committed write of each key, in index order: what a node that
+    /// has applied up to an index must read.
+    history: HashMap<String, Vec<(LogIndex, Option<String>)>>,
+    /// Snapshots as the real state machine encodes them, by applied index.
+    snapshot_bytes: HashMap<LogIndex, Vec<u8>>,
     next_request: u64,
     trace: Vec<String>,
     stats: Stats,
@@ -118,6 +152,8 @@ impl Sim {
                     pending: VecDeque::new(),
                     store: (0, 0),
                     applied: (0, 0),
+                    state: StateMachine::default(),
+                    stored_state: Vec::new(),
                     older_hard: Vec::new(),
                 };
                 node.core = Some(RaftCore::new(
@@ -143,6 +179,9 @@ impl Sim {
             proposals: HashMap::new(),
             acknowledged_up_to: 0,
             reads: HashMap::new(),
+            waiting_reads: Vec::new(),
+            history: HashMap::new(),
+            snapshot_bytes: HashMap::new(),
             next_request: 1,
             trace: Vec::new(),
             stats: Stats::default(),
@@ -204,6 +243,17 @@ impl Sim {
                         i + 1
                     ));
                 }
+                let bytes = self.snapshot_bytes.get(&index).cloned().unwrap_or_default();
+                let state = decode_state(&bytes)?;
+                if state.applied_index() != index {
+                    return Err(format!(
+                        "node {}: the snapshot at {index} holds state applied to {}",
+                        i + 1,
+                        state.applied_index()
+                    ));
+                }
+                self.nodes[i].state = state;
+                self.nodes[i].stored_state = bytes;
                 self.nodes[i].store = (snapshot.index, snapshot.term);
                 self.nodes[i].applied = (snapshot.index, snapshot.term);
                 self.stats.snapshots += 1;
@@ -216,20 +266,24 @@ impl Sim {
                 self.apply(i, &entry)?;
             }
             for (read, index) in std::mem::take(&mut ready.reads) {
-                let needed = self.reads.remove(&read).ok_or("unknown read released")?;
+                let (needed, key) = self.reads.remove(&read).ok_or("unknown read released")?;
                 if index < needed {
                     return Err(format!(
                         "stale read: node {} released read {read} at index {index}, but a write at {needed} was acknowledged before the read arrived",
                         i + 1
                     ));
                 }
+                self.waiting_reads.push((i, index, key));
                 self.stats.reads += 1;
             }
+            self.serve_reads(i)?;
             for read in std::mem::take(&mut ready.failed_reads) {
                 self.reads.remove(&read);
             }
             for peer in std::mem::take(&mut ready.snapshots_needed) {
                 let (index, term) = self.nodes[i].applied;
+                let bytes = encode_state(&self.nodes[i].state);
+                self.snapshot_bytes.insert(index, bytes);
                 let core = self.nodes[i].core.as_mut().ok_or("core vanished")?;
                 let current = core.term();
                 core.send_snapshot(peer, current, index, term, (0, 0));
@@ -250,6 +304,7 @@ impl Sim {
             ));
         }
         node.applied = (entry.index, entry.term);
+        node.state.apply(entry);
         let id = node.id;
         match self.applied_everywhere.get(&entry.index) {
             Some(&(term, request)) if (term, request) != (entry.term, entry.request_id) => {
@@ -266,6 +321,20 @@ impl Sim {
                     .filter_map(|n| n.core.as_ref().map(|c| c.term()))
                     .max();
                 self.committed_by_term.insert(entry.index, highest_term.unwrap_or(0));
+                // Nodes apply in index order, so the first to apply an index has
+                // applied all before it: the history grows in index order.
+                match &entry.command {
+                    Command::Put { key, value, .. } => {
+                        self.history
+                            .entry(key.clone())
+                            .or_default()
+                            .push((entry.index, Some(value.clone())));
+                    }
+                    Command::Delete { key, .. } => {
+                        self.history.entry(key.clone()).or_default().push((entry.index, None));
+                    }
+                    Command::Noop => {}
+                }
                 self.applied_everywhere
                     .insert(entry.index, (entry.term, entry.request_id));
                 self.stats.committed += 1;
@@ -278,6 +347,33 @@ impl Sim {
                 self.acknowledged_up_to = self.acknowledged_up_to.max(index);
                 self.stats.acknowledged += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Serves node `i`'s released reads whose index it has applied, and checks
+    /// each value against the committed history at the node's applied index.
+    fn serve_reads(&mut self, i: usize) -> Result<(), String> {
+        let applied = self.nodes[i].applied.0;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_reads)
+            .into_iter()
+            .partition(|(node, index, _)| *node == i && *index <= applied);
+        self.waiting_reads = waiting;
+        for (_, index, key) in ready {
+            let got = self.nodes[i].state.get(&key);
+            let expected = self
+                .history
+                .get(&key)
+                .and_then(|writes| writes.iter().rev().find(|(at, _)| *at <= applied))
+                .and_then(|(_, value)| value.clone());
+            if got != expected {
+                return Err(format!(
+                    "node {} read {key} = {got:?} at applied index {applied} (read index {index}), \
+                     but the committed history says {expected:?}",
+                    i + 1
+                ));
+            }
+            self.stats.values_checked += 1;
         }
         Ok(())
     }
@@ -318,6 +414,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.core = None;
         node.pending.clear();
+        self.waiting_reads.retain(|(node, _, _)| *node != i);
         self.stats.crashes += 1;
         let id = node.id;
         self.log(format!("crash {id}"));
@@ -340,6 +437,7 @@ impl Sim {
             node.wal_log = log.clone();
         }
         node.applied = node.store;
+        node.state = decode_state(&node.stored_state).expect("the stored state decodes");
         node.core = Some(RaftCore::new(config, node.wal_hard, log, node.store.0));
         let id = node.id;
         self.log(format!("restart {id}"));
@@ -481,6 +579,7 @@ impl Sim {
                 if let Some(i) = self.pick(&live) {
                     let node = &mut self.nodes[i];
                     node.store = node.applied;
+                    node.stored_state = encode_state(&node.state);
                     let flushed = node.store.0;
                     if let Some(core) = node.core.as_mut() {
                         core.set_flushed(flushed);
@@ -510,7 +609,10 @@ impl Sim {
                 if let Some(i) = self.pick(&leaders) {
                     let read = self.next_request;
                     self.next_request += 1;
-                    self.reads.insert(read, self.acknowledged_up_to);
+                    // From the request id, not the scheduler's random stream, so
+                    // that a seed replays the schedule it always did.
+                    let key = format!("k{}", (read / 3) % 4);
+                    self.reads.insert(read, (self.acknowledged_up_to, key));
                     if let Some(core) = self.nodes[i].core.as_mut() {
                         core.read(read);
                     }
@@ -732,6 +834,7 @@ fn run_many(seeds: std::ops::Range<u64>, members: usize, steps: usize) -> Stats 
                 total.committed += stats.committed;
                 total.acknowledged += stats.acknowledged;
                 total.reads += stats.reads;
+                total.values_checked += stats.values_checked;
                 total.elections += stats.elections;
                 total.crashes += stats.crashes;
                 total.snapshots += stats.snapshots;
@@ -745,8 +848,14 @@ fn run_many(seeds: std::ops::Range<u64>, members: usize, steps: usize) -> Stats 
 
 fn assert_not_vacuous(stats: &Stats) {
     eprintln!(
-        "acknowledged {}, reads {}, elections {}, crashes {}, snapshots {}, durable losses {}",
-        stats.acknowledged, stats.reads, stats.elections, stats.crashes, stats.snapshots, stats.durable_losses
+        "acknowledged {}, reads {} ({} values checked), elections {}, crashes {}, snapshots {}, durable losses {}",
+        stats.acknowledged,
+        stats.reads,
+        stats.values_checked,
+        stats.elections,
+        stats.crashes,
+        stats.snapshots,
+        stats.durable_losses
     );
     assert!(
         stats.acknowledged > 500,
@@ -754,6 +863,11 @@ fn assert_not_vacuous(stats: &Stats) {
         stats.acknowledged
     );
     assert!(stats.reads > 100, "too few reads: {}", stats.reads);
+    assert!(
+        stats.values_checked > 100,
+        "too few read values checked: {}",
+        stats.values_checked
+    );
     assert!(stats.crashes > 50, "too few crashes: {}", stats.crashes);
     assert!(stats.snapshots > 0, "no snapshot was ever installed");
     assert!(
