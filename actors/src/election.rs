@@ -81,14 +81,6 @@ struct SnapshotDecoded {
     result: Result<DecodedSnapshot, String>,
 }
 
-/// A leader's snapshot stream ended (all acknowledged, or failed).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct SnapshotStreamed {
-    transfer: Transfer,
-    result: Result<Seal, snapshot::TransferError>,
-}
-
 /// Handle a batch of proposals and reads as one replication round.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -248,14 +240,15 @@ impl ElectionActor {
             return;
         }
         let (role, term, leader) = now;
-        let was_leader = self.announced.0 == Role::Leader;
+        let (was_leader, was_term) = (self.announced.0 == Role::Leader, self.announced.1);
         if (role, leader) != (self.announced.0, self.announced.2) {
             info!(%role, term, leader = ?leader, "role changed");
         }
         self.announced = now;
         self.leader_seen |= leader.is_some();
-        if role != Role::Leader || term != self.announced_term_of_transfers() {
-            // Dropping a transfer closes its acknowledgements: its task ends.
+        if role != Role::Leader || term != was_term {
+            // Transfers belong to the announced leadership they started in.
+            // Dropping one closes its acknowledgements: its task ends.
             self.outgoing.clear();
         }
         self.view.set(term, role);
@@ -267,14 +260,6 @@ impl ElectionActor {
         if was_leader && role != Role::Leader {
             self.arm_election_timer();
         }
-    }
-
-    /// The term every transfer in `outgoing` belongs to (they share one).
-    fn announced_term_of_transfers(&self) -> Term {
-        self.outgoing
-            .values()
-            .next()
-            .map_or(self.announced.1, |o| o.transfer.term)
     }
 
     /// The core wants `peer` to get a snapshot: start streaming one, unless
@@ -365,18 +350,23 @@ impl ElectionActor {
             ctx.spawn(
                 stream
                     .into_actor(act)
-                    .map(move |result, act, ctx| act.snapshot_streamed(SnapshotStreamed { transfer, result }, ctx)),
+                    .map(move |result, act, ctx| act.snapshot_streamed(transfer, result, ctx)),
             );
         }));
     }
 
-    fn snapshot_streamed(&mut self, streamed: SnapshotStreamed, ctx: &mut Context<Self>) {
+    /// A snapshot stream ended: every byte acknowledged (seal it), or failed.
+    fn snapshot_streamed(
+        &mut self,
+        transfer: Transfer,
+        result: Result<Seal, snapshot::TransferError>,
+        ctx: &mut Context<Self>,
+    ) {
         let _span = self.span().entered();
-        let transfer = streamed.transfer;
         if self.outgoing.get(&transfer.to).map(|o| o.transfer) != Some(transfer) {
             return; // cancelled, or replaced by a newer transfer
         }
-        match streamed.result {
+        match result {
             Ok(seal) => {
                 info!(
                     peer = transfer.to,
@@ -449,25 +439,17 @@ impl ElectionActor {
     /// out); the bytes go to the staging file if this node now follows that
     /// leader in the chunk's term and needs the snapshot.
     fn on_snapshot_chunk(&mut self, mut envelope: PeerEnvelope, ctx: &mut Context<Self>) {
+        // Its bounds, bytes included, were checked on arrival (PeerInbound).
         let PeerMessage::SnapshotChunk {
             last_index,
             last_term,
             offset,
-            ..
-        } = envelope.message
+            data,
+        } = &mut envelope.message
         else {
             return;
         };
-        let (index, offset) = (last_index, offset);
-        // The core checks bounds too, but it sees the chunk without its bytes.
-        if let Err(error) = envelope.check_bounds() {
-            error!(from = envelope.from, %error, "snapshot chunk out of bounds: ignored");
-            return;
-        }
-        let data = match &mut envelope.message {
-            PeerMessage::SnapshotChunk { data, .. } => std::mem::take(data),
-            _ => return,
-        };
+        let (index, last_term, offset, data) = (*last_index, *last_term, *offset, std::mem::take(data));
         let (from, term) = (envelope.from, envelope.term);
         self.core.step(envelope);
         self.process(ctx);
@@ -716,7 +698,7 @@ impl Handler<SnapshotDecoded> for ElectionActor {
             return; // a newer transfer replaced it
         }
         self.incoming = None;
-        match decoded.result {
+        let failure = match decoded.result {
             Ok(snapshot)
                 if (snapshot.state.applied_index(), snapshot.state.applied_term()) == (last_index, last_term) =>
             {
@@ -726,19 +708,19 @@ impl Handler<SnapshotDecoded> for ElectionActor {
                 self.process(ctx);
                 // Not taken by an install (the term moved on meanwhile): dropped.
                 drop_elsewhere(self.decoded.take());
+                return;
             }
-            Ok(_) | Err(_) => {
-                let reason = decoded
-                    .result
-                    .err()
-                    .unwrap_or_else(|| "its applied point differs".into());
-                warn!(
-                    leader = decoded.seal.from,
-                    last_index, "staged snapshot undecodable, discarded: {reason}"
-                );
-                self.ack_snapshot(decoded.seal.from, last_index, last_term, 0);
+            Ok(snapshot) => {
+                drop_elsewhere(snapshot);
+                "its applied point differs from the seal's".to_string()
             }
-        }
+            Err(e) => e,
+        };
+        warn!(
+            leader = decoded.seal.from,
+            last_index, "staged snapshot undecodable, discarded: {failure}"
+        );
+        self.ack_snapshot(decoded.seal.from, last_index, last_term, 0);
     }
 }
 

@@ -66,6 +66,7 @@ impl Pacing {
         self.resend_after.saturating_mul(1 << n.min(RESEND_DOUBLINGS))
     }
 }
+
 /// The follower's staging files, in its data folder, are
 /// `snapshot-<n>.incoming`: a new name per transfer, so that dropping a
 /// replaced transfer never removes its successor's file.
@@ -87,6 +88,29 @@ pub struct Seal {
     pub checksum: u32,
 }
 
+/// The running length and CRC-32 of snapshot bytes: kept by the encoder as
+/// it writes them, by the follower as it stages them, and by the decoder as
+/// it reads them back, each to compare with (or make) the seal.
+#[derive(Debug, Clone, Default)]
+struct SealSum {
+    bytes: u64,
+    hasher: crc32fast::Hasher,
+}
+
+impl SealSum {
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes = self.bytes.saturating_add(data.len() as u64);
+    }
+
+    fn seal(&self) -> Seal {
+        Seal {
+            bytes: self.bytes,
+            checksum: self.hasher.clone().finalize(),
+        }
+    }
+}
+
 /// What the encoder thread hands the sending task.
 #[derive(Debug)]
 pub enum Piece {
@@ -99,14 +123,12 @@ pub enum Piece {
 struct PieceWriter {
     pending: Vec<u8>,
     pieces: mpsc::Sender<Piece>,
-    bytes: u64,
-    hasher: crc32fast::Hasher,
+    sum: SealSum,
 }
 
 impl PieceWriter {
     fn emit(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
-        self.hasher.update(&piece);
-        self.bytes = self.bytes.saturating_add(piece.len() as u64);
+        self.sum.update(&piece);
         self.pieces
             .blocking_send(Piece::Data(piece))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "snapshot transfer cancelled"))
@@ -137,8 +159,7 @@ pub fn spawn_encoder(source: SnapshotSource, thread_name: String) -> std::io::Re
         let mut writer = PieceWriter {
             pending: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES),
             pieces: pieces.clone(),
-            bytes: 0,
-            hasher: crc32fast::Hasher::new(),
+            sum: SealSum::default(),
         };
         let encoded = source.encode_into(&mut writer).map_err(|e| e.to_string());
         let last = std::mem::take(&mut writer.pending);
@@ -150,10 +171,7 @@ pub fn spawn_encoder(source: SnapshotSource, thread_name: String) -> std::io::Re
             }
         });
         let end = match finished {
-            Ok(()) => Piece::End(Seal {
-                bytes: writer.bytes,
-                checksum: writer.hasher.finalize(),
-            }),
+            Ok(()) => Piece::End(writer.sum.seal()),
             Err(e) => Piece::Failed(e),
         };
         // A cancelled transfer has dropped the queue; nobody is left to tell.
@@ -234,9 +252,10 @@ pub async fn stream_snapshot(
             piece = pieces.recv(), if window_open => match piece {
                 Some(Piece::Data(data)) => {
                     transport.send(transfer.chunk(sent_end, data.clone()));
-                    unacked_bytes += data.len();
-                    unacked.push_back((sent_end, data.clone()));
-                    sent_end = sent_end.saturating_add(data.len() as u64);
+                    let len = data.len();
+                    unacked.push_back((sent_end, data));
+                    unacked_bytes += len;
+                    sent_end = sent_end.saturating_add(len as u64);
                     resend_at = Instant::now() + pacing.resend_after;
                 }
                 Some(Piece::End(end)) => seal = Some(end),
@@ -283,8 +302,8 @@ pub struct Incoming {
     pub transfer: Transfer,
     path: PathBuf,
     file: File,
-    next_offset: u64,
-    hasher: crc32fast::Hasher,
+    /// What is staged: its length is the offset expected next.
+    staged: SealSum,
     /// The seal came and the file is being decoded.
     pub decoding: bool,
 }
@@ -300,8 +319,7 @@ impl Incoming {
             transfer,
             path,
             file,
-            next_offset: 0,
-            hasher: crc32fast::Hasher::new(),
+            staged: SealSum::default(),
             decoding: false,
         })
     }
@@ -309,28 +327,27 @@ impl Incoming {
     /// Takes the chunk at `offset` if it is the one expected next (others are
     /// repeats, or come after a lost one); returns how many bytes it holds.
     pub fn accept(&mut self, offset: u64, data: &[u8]) -> std::io::Result<u64> {
-        let end = self.next_offset.saturating_add(data.len() as u64);
+        let end = self.held().saturating_add(data.len() as u64);
         if end > protocol::MAX_SNAPSHOT_BYTES {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("a snapshot past {} bytes", protocol::MAX_SNAPSHOT_BYTES),
             ));
         }
-        if offset == self.next_offset && !self.decoding {
+        if offset == self.held() && !self.decoding {
             self.file.write_all(data)?;
-            self.hasher.update(data);
-            self.next_offset += data.len() as u64;
+            self.staged.update(data);
         }
-        Ok(self.next_offset)
+        Ok(self.held())
     }
 
     pub fn held(&self) -> u64 {
-        self.next_offset
+        self.staged.bytes
     }
 
     /// Whether what arrived is the whole snapshot the seal describes.
     pub fn matches(&self, seal: Seal) -> bool {
-        self.next_offset == seal.bytes && self.hasher.clone().finalize() == seal.checksum
+        self.staged.seal() == seal
     }
 
     /// The staged bytes, from their start, for decoding (the same open file:
@@ -341,6 +358,13 @@ impl Incoming {
         let mut file = self.file.try_clone()?;
         file.seek(SeekFrom::Start(0))?;
         Ok(file)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Scratch only; one left by a crash is removed at the next start.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -364,23 +388,14 @@ pub fn discard_staged(dir: &Path) -> std::io::Result<usize> {
 /// the bytes the seal describes (not only the bytes that were staged).
 struct Checked<R> {
     inner: R,
-    bytes: u64,
-    hasher: crc32fast::Hasher,
+    sum: SealSum,
 }
 
 impl<R: Read> Read for Checked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes = self.bytes.saturating_add(n as u64);
+        self.sum.update(&buf[..n]);
         Ok(n)
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        // Scratch only; a leftover is removed by the next transfer anyway.
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -401,16 +416,12 @@ pub fn spawn_decoder(
 fn decode(file: File, seal: Seal) -> Result<DecodedSnapshot, String> {
     let mut reader = Checked {
         inner: BufReader::with_capacity(1 << 20, file),
-        bytes: 0,
-        hasher: crc32fast::Hasher::new(),
+        sum: SealSum::default(),
     };
     let (state, stored) = StateMachine::read_snapshot(&mut reader).map_err(|e| e.to_string())?;
     // Bytes after the encoded state would be garbage the seal still covers.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| e.to_string())?;
-    let read = Seal {
-        bytes: reader.bytes,
-        checksum: reader.hasher.finalize(),
-    };
+    let read = reader.sum.seal();
     if read != seal {
         return Err(format!("read back {read:?}, but the seal says {seal:?}"));
     }

@@ -137,19 +137,27 @@ fn decode_session_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
 impl StateMachine {
     pub fn from_stored(stored: StoredState) -> Result<Self, StateError> {
         let table = decode_session_table(&stored.sessions)?;
+        Ok(StateMachine::from_parts(
+            (stored.applied_index, stored.applied_term),
+            stored.data,
+            table,
+        ))
+    }
+
+    fn from_parts(applied: (LogIndex, Term), data: KvMap, table: SessionTable) -> Self {
         let by_activity = table.sessions.iter().map(|(id, s)| (s.last_index, *id)).collect();
         let session_bytes = table.sessions.values().map(ClientSession::bytes).sum();
-        Ok(StateMachine {
-            data: stored.data,
+        StateMachine {
+            data,
             sessions: table.sessions,
             by_activity,
             session_bytes,
             evicted_through: table.evicted_through,
-            applied_index: stored.applied_index,
-            applied_term: stored.applied_term,
+            applied_index: applied.0,
+            applied_term: applied.1,
             dirty: HashSet::new(),
             sessions_dirty: false,
-        })
+        }
     }
 
     pub fn applied_index(&self) -> LogIndex {
@@ -360,10 +368,16 @@ impl StateMachine {
         let stored = StoredState {
             applied_index: image.applied_index,
             applied_term: image.applied_term,
-            data: image.data,
+            data: image.data.clone(),
             sessions,
         };
-        Ok((StateMachine::from_stored(stored.clone())?, stored))
+        // Built from the decoded table, not by decoding the bytes just encoded.
+        let table = SessionTable {
+            sessions: image.sessions,
+            evicted_through: image.evicted_through,
+        };
+        let state = StateMachine::from_parts((image.applied_index, image.applied_term), image.data, table);
+        Ok((state, stored))
     }
 }
 

@@ -143,7 +143,7 @@ enum Target {
 }
 
 /// Damages node `id`'s WAL (the node is down), returning where the damage starts.
-async fn damage(cluster: &TestCluster, id: u64, target: Target, how: Damage, synced_entry: Range<usize>) -> usize {
+fn damage(cluster: &TestCluster, id: u64, target: Target, how: Damage, synced_entry: Range<usize>) -> usize {
     let wal = cluster.wal_path(id);
     match target {
         Target::UnsyncedTail => damage_unacknowledged_tail(&wal, how),
@@ -184,7 +184,7 @@ async fn crash_damage_restart(name: &str, damages: &[Damage], target: Target) {
             .len();
         cluster.kill(victim);
         let before = std::fs::read(&wal).expect("read wal");
-        let intact = damage(&cluster, victim, target, how, synced_entry).await;
+        let intact = damage(&cluster, victim, target, how, synced_entry);
 
         cluster.restart(victim);
         let what = format!("node {victim} to answer status after {how:?}");
@@ -305,7 +305,7 @@ async fn a_single_node_that_lost_synced_records_resumes_and_serves() {
         other => panic!("the last entry is not a put: {other:?}"),
     };
     cluster.kill(1);
-    damage(&cluster, 1, Target::SyncedEntry, Damage::Zeroed, synced_entry).await;
+    damage(&cluster, 1, Target::SyncedEntry, Damage::Zeroed, synced_entry);
     cluster.restart(1);
     cluster.wait_for_leader(bound * 2).await;
     assert_eq!(cluster.log_events(1, TRUNCATED).len(), 1, "{}", cluster.log_tail(1, 20));
@@ -358,8 +358,8 @@ async fn a_synced_loss_and_a_torn_tail_together_do_not_lose_an_acknowledged_writ
     };
     cluster.kill(lost);
     cluster.kill(leader);
-    damage(&cluster, lost, Target::SyncedEntry, Damage::Zeroed, first_of_last).await;
-    damage(&cluster, torn, Target::UnsyncedTail, Damage::CutTail, 0..0).await;
+    damage(&cluster, lost, Target::SyncedEntry, Damage::Zeroed, first_of_last);
+    damage(&cluster, torn, Target::UnsyncedTail, Damage::CutTail, 0..0);
 
     cluster.restart(lost);
     cluster.restart(torn);

@@ -188,11 +188,10 @@ impl Wal {
 
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (mut recovered, valid, recorded_synced) = replay(&bytes);
+        let (mut recovered, valid, mut recorded_synced) = replay(&bytes);
         let total = bytes.len() as u64;
         let mut len = valid;
         let mut allocated = total;
-        let mut recorded_synced = recorded_synced;
         let tail = &bytes[valid as usize..];
         if tail.iter().any(|&byte| byte != 0) {
             // Not the zeros preallocation leaves: a torn or corrupt record. Cut
@@ -446,8 +445,9 @@ fn synced_claim_after(bytes: &[u8], damage: usize) -> Option<u64> {
     let mut claim: Option<u64> = None;
     let mut pos = damage.saturating_add(1);
     while pos.saturating_add(HEADER_BYTES) < bytes.len() {
-        let header = &bytes[pos..pos + HEADER_BYTES];
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let Some((len, _)) = read_header(bytes, pos) else {
+            break;
+        };
         if (1..=MAX_SYNCED_PAYLOAD).contains(&len) {
             if let Some((WalRecord::Synced { through }, _)) = read_record(bytes, pos) {
                 if through > damage as u64 {
@@ -497,9 +497,7 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
 /// Decodes the record at `pos`, with the offset after it; `None` if it is
 /// missing, torn or corrupt, or if `pos` is the end (a zero length).
 fn read_record(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
-    let header = bytes.get(pos..pos.checked_add(HEADER_BYTES)?)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let (len, crc) = read_header(bytes, pos)?;
     if len == 0 || len > MAX_RECORD_BYTES {
         return None;
     }
@@ -511,6 +509,14 @@ fn read_record(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     }
     let record = rmp_serde::from_slice(payload).ok()?;
     Some((record, end))
+}
+
+/// The payload length and CRC of the record header at `pos`, if there is one.
+fn read_header(bytes: &[u8], pos: usize) -> Option<(usize, u32)> {
+    let header = bytes.get(pos..pos.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    Some((len, crc))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
