@@ -68,7 +68,7 @@ fn apply(c: &mut Criterion) {
         applied_index: 0,
         applied_term: 0,
         data: Default::default(),
-        sessions: Vec::new(),
+        sessions: Default::default(),
     };
     let mut state = StateMachine::from_stored(stored).expect("empty state");
     let mut index = 0u64;

@@ -30,13 +30,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use protocol::{ClientError, Command, Entry, LogIndex, Session, Term};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{FlushBatch, KvMap, StoredState};
+use crate::storage::{FlushBatch, KvMap, StoredSessions, StoredState};
 
 /// Most client sessions remembered; the least recently active is forgotten first.
 pub const MAX_SESSIONS: usize = 50_000;
 /// Most bytes of remembered answers, over all sessions (each answer counts
 /// its value's length plus [`ANSWER_OVERHEAD`]). Small enough that the whole
-/// table fits one MongoDB document (16 MiB) until it is persisted per session.
+/// table stays cheap to copy into a snapshot.
 /// These bounds are replicated rules: changing one changes what a replayed
 /// entry does, so they change only with the protocol version.
 pub const MAX_SESSION_BYTES: usize = 8 << 20;
@@ -68,17 +68,10 @@ impl ClientSession {
     }
 }
 
-/// The session table as persisted and sent in snapshots.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The session table as versions before per-client rows persisted it (one blob).
+#[derive(Debug, Default, Deserialize)]
 struct SessionTable {
     sessions: HashMap<u64, ClientSession>,
-    evicted_through: LogIndex,
-}
-
-/// Borrowing twin of [`SessionTable`], for encoding without a copy.
-#[derive(Serialize)]
-struct SessionTableRef<'a> {
-    sessions: &'a HashMap<u64, ClientSession>,
     evicted_through: LogIndex,
 }
 
@@ -116,15 +109,13 @@ pub struct StateMachine {
     applied_term: Term,
     /// Keys changed since the last flush.
     dirty: HashSet<String>,
-    sessions_dirty: bool,
+    /// Sessions changed or forgotten since the last flush.
+    dirty_sessions: HashSet<u64>,
 }
 
-/// Decodes a persisted session table; tables written before the eviction
-/// watermark existed are a bare map of sessions.
-fn decode_session_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
-    if bytes.is_empty() {
-        return Ok(SessionTable::default());
-    }
+/// Decodes a session table persisted as one blob (before per-client rows);
+/// tables written before the eviction watermark existed are a bare map of sessions.
+fn decode_legacy_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
     match rmp_serde::from_slice::<SessionTable>(bytes) {
         Ok(table) => Ok(table),
         Err(_) => Ok(SessionTable {
@@ -136,12 +127,25 @@ fn decode_session_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
 
 impl StateMachine {
     pub fn from_stored(stored: StoredState) -> Result<Self, StateError> {
-        let table = decode_session_table(&stored.sessions)?;
-        Ok(StateMachine::from_parts(
-            (stored.applied_index, stored.applied_term),
-            stored.data,
-            table,
-        ))
+        let legacy = !stored.sessions.legacy_table.is_empty();
+        let table = if legacy {
+            decode_legacy_table(&stored.sessions.legacy_table)?
+        } else {
+            let mut sessions = HashMap::with_capacity(stored.sessions.rows.len());
+            for (id, row) in &stored.sessions.rows {
+                sessions.insert(*id, rmp_serde::from_slice::<ClientSession>(row)?);
+            }
+            SessionTable {
+                sessions,
+                evicted_through: stored.sessions.evicted_through,
+            }
+        };
+        let mut state = StateMachine::from_parts((stored.applied_index, stored.applied_term), stored.data, table);
+        if legacy {
+            // The first flush rewrites the blob as one row per session.
+            state.dirty_sessions = state.sessions.keys().copied().collect();
+        }
+        Ok(state)
     }
 
     fn from_parts(applied: (LogIndex, Term), data: KvMap, table: SessionTable) -> Self {
@@ -156,7 +160,7 @@ impl StateMachine {
             applied_index: applied.0,
             applied_term: applied.1,
             dirty: HashSet::new(),
-            sessions_dirty: false,
+            dirty_sessions: HashSet::new(),
         }
     }
 
@@ -255,7 +259,7 @@ impl StateMachine {
             self.sessions.insert(id, ClientSession::default());
             self.by_activity.insert((0, id));
         }
-        self.sessions_dirty = true;
+        self.dirty_sessions.insert(id);
         let Some(record) = self.sessions.get_mut(&id) else {
             return expired;
         };
@@ -308,29 +312,24 @@ impl StateMachine {
         if let Some(evicted) = self.sessions.remove(&id) {
             self.session_bytes = self.session_bytes.saturating_sub(evicted.bytes());
         }
+        self.dirty_sessions.insert(id);
         if raise_watermark {
             self.evicted_through = self.evicted_through.max(last_index);
         }
         true
     }
 
-    fn encode_sessions(&self) -> Result<Vec<u8>, StateError> {
-        Ok(rmp_serde::to_vec(&SessionTableRef {
-            sessions: &self.sessions,
-            evicted_through: self.evicted_through,
-        })?)
-    }
-
     /// The changes since the last call, or None if nothing changed and the
-    /// applied point is still `last_flushed` (no-ops move the applied point too).
+    /// applied point is still `last_flushed` (no-ops move the applied point
+    /// too). Only the sessions that changed are encoded, each on its own.
     pub fn take_flush_batch(&mut self, last_flushed: LogIndex) -> Result<Option<FlushBatch>, StateError> {
-        if self.dirty.is_empty() && !self.sessions_dirty && self.applied_index == last_flushed {
+        if self.dirty.is_empty() && self.dirty_sessions.is_empty() && self.applied_index == last_flushed {
             return Ok(None);
         }
         let mut batch = FlushBatch {
             applied_index: self.applied_index,
             applied_term: self.applied_term,
-            sessions: self.encode_sessions()?,
+            evicted_through: self.evicted_through,
             ..FlushBatch::default()
         };
         for key in self.dirty.drain() {
@@ -339,7 +338,12 @@ impl StateMachine {
                 None => batch.deletes.push(key),
             }
         }
-        self.sessions_dirty = false;
+        for id in self.dirty_sessions.drain() {
+            match self.sessions.get(&id) {
+                Some(session) => batch.session_upserts.push((id, rmp_serde::to_vec(session)?)),
+                None => batch.session_deletes.push(id),
+            }
+        }
         Ok(Some(batch))
     }
 
@@ -361,17 +365,20 @@ impl StateMachine {
     /// describes and the state the store should hold (sharing one map).
     pub fn read_snapshot(reader: impl std::io::Read) -> Result<(StateMachine, StoredState), StateError> {
         let image: SnapshotImage = rmp_serde::decode::from_read(reader)?;
-        let sessions = rmp_serde::to_vec(&SessionTableRef {
-            sessions: &image.sessions,
-            evicted_through: image.evicted_through,
-        })?;
+        let mut rows = BTreeMap::new();
+        for (id, session) in &image.sessions {
+            rows.insert(*id, rmp_serde::to_vec(session)?);
+        }
         let stored = StoredState {
             applied_index: image.applied_index,
             applied_term: image.applied_term,
             data: image.data.clone(),
-            sessions,
+            sessions: StoredSessions {
+                rows,
+                evicted_through: image.evicted_through,
+                legacy_table: Vec::new(),
+            },
         };
-        // Built from the decoded table, not by decoding the bytes just encoded.
         let table = SessionTable {
             sessions: image.sessions,
             evicted_through: image.evicted_through,
@@ -635,12 +642,8 @@ mod tests {
         let watermark = sm.session_count().1;
         assert_eq!(watermark, 1);
         let batch = sm.take_flush_batch(0).unwrap().unwrap();
-        let stored = StoredState {
-            applied_index: batch.applied_index,
-            applied_term: batch.applied_term,
-            data: KvMap::new(),
-            sessions: batch.sessions,
-        };
+        let mut stored = StoredState::default();
+        stored.absorb(&batch);
         let mut reloaded = StateMachine::from_stored(stored).unwrap();
         assert_eq!(reloaded.session_count(), (MAX_SESSIONS, watermark));
         let (copy, _) = StateMachine::read_snapshot(&snapshot_bytes(&sm)[..]).unwrap();
@@ -661,7 +664,10 @@ mod tests {
             },
         )]);
         let stored = StoredState {
-            sessions: rmp_serde::to_vec(&old).unwrap(),
+            sessions: StoredSessions {
+                legacy_table: rmp_serde::to_vec(&old).unwrap(),
+                ..StoredSessions::default()
+            },
             ..StoredState::default()
         };
         let mut upgraded = StateMachine::from_stored(stored).unwrap();
@@ -670,6 +676,82 @@ mod tests {
             upgraded.apply(&put(4, "k", "b", session(5, 1, 1))),
             Some(Ok(Some("a".into())))
         );
+    }
+
+    /// A blob-era table with a watermark, as the previous version flushed it.
+    #[derive(Serialize)]
+    struct LegacyTable {
+        sessions: HashMap<u64, ClientSession>,
+        evicted_through: LogIndex,
+    }
+
+    #[test]
+    fn a_blob_table_is_rewritten_as_rows_by_the_first_flush() {
+        let mut sm = StateMachine::default();
+        for id in 1..=20 {
+            sm.apply(&put(id, &format!("k{id}"), "v", session(id, 1, 1)));
+        }
+        sm.evicted_through = 3;
+        let blob = rmp_serde::to_vec(&LegacyTable {
+            sessions: sm.sessions.clone(),
+            evicted_through: sm.evicted_through,
+        })
+        .unwrap();
+        let mut stored = StoredState {
+            applied_index: 20,
+            applied_term: 1,
+            data: sm.data.clone(),
+            sessions: StoredSessions {
+                legacy_table: blob,
+                ..StoredSessions::default()
+            },
+        };
+        let mut upgraded = StateMachine::from_stored(stored.clone()).unwrap();
+        assert_eq!(upgraded.session_count(), (20, 3));
+        // Nothing new was applied, yet the first flush writes every session as a row.
+        let batch = upgraded.take_flush_batch(20).unwrap().unwrap();
+        assert_eq!(batch.session_upserts.len(), 20);
+        assert_eq!(batch.evicted_through, 3);
+        stored.absorb(&batch);
+        assert!(stored.sessions.legacy_table.is_empty());
+        assert!(upgraded.take_flush_batch(20).unwrap().is_none());
+        let mut reloaded = StateMachine::from_stored(stored).unwrap();
+        assert_eq!(reloaded.session_count(), (20, 3));
+        assert_eq!(reloaded.sessions, sm.sessions);
+        // Retries are still answered from the table, not applied again.
+        assert_eq!(
+            reloaded.apply(&put(21, "k7", "again", session(7, 1, 1))),
+            Some(Ok(None))
+        );
+        assert_eq!(reloaded.get("k7").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn a_flush_writes_only_the_sessions_that_changed() {
+        let mut sm = StateMachine::default();
+        let mut stored = StoredState::default();
+        for id in 1..=1000 {
+            sm.apply(&put(id, "k", "v", session(id, 1, 1)));
+        }
+        stored.absorb(&sm.take_flush_batch(0).unwrap().unwrap());
+        assert_eq!(stored.sessions.rows.len(), 1000);
+
+        // One session writes again; nothing else changes.
+        sm.apply(&put(1001, "k", "w", session(17, 2, 2)));
+        let batch = sm.take_flush_batch(1000).unwrap().unwrap();
+        assert_eq!(batch.session_upserts.len(), 1);
+        assert_eq!(batch.session_upserts[0].0, 17);
+        assert!(batch.session_deletes.is_empty());
+        stored.absorb(&batch);
+
+        // A forgotten session is a removed row.
+        crowd(&mut sm, 2000, MAX_SESSIONS as u64);
+        let batch = sm.take_flush_batch(1001).unwrap().unwrap();
+        assert!(!batch.session_deletes.is_empty());
+        stored.absorb(&batch);
+        let reloaded = StateMachine::from_stored(stored).unwrap();
+        assert_eq!(reloaded.sessions, sm.sessions);
+        assert_eq!(reloaded.session_count(), sm.session_count());
     }
 
     fn snapshot_bytes(sm: &StateMachine) -> Vec<u8> {

@@ -115,6 +115,32 @@ impl Engine {
 
 /// Where the `kvs-node` binary is: `KVS_NODE_BIN`, or beside the test
 /// executable's `deps/` folder (`target/<profile>/kvs-node`).
+/// Whether this runs under CI (`CI` set), where tests that need a service fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `found`, or None (the test is skipped) when `what` is missing outside CI;
+/// under CI a missing service fails the test.
+pub fn required_mongodb<T>(found: Option<T>, what: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(!in_ci(), "{what}: CI must run the MongoDB tests (see .ci/run)");
+        eprintln!(
+            "skipped: {what}; to run the MongoDB tests: \
+             . .ci/nx27017.sh && start_nx27017 && cargo test --release -p integration --test mongodb --test store_contract"
+        );
+    }
+    found
+}
+
+/// The MongoDB server of the tests, `KVS_TEST_MONGODB_URI` (see [`required_mongodb`]).
+pub fn test_mongodb_uri() -> Option<String> {
+    required_mongodb(
+        std::env::var("KVS_TEST_MONGODB_URI").ok().filter(|u| !u.is_empty()),
+        "KVS_TEST_MONGODB_URI is not set",
+    )
+}
+
 pub fn node_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KVS_NODE_BIN") {
         let path = PathBuf::from(path);

@@ -17,36 +17,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use integration::{assert_all_readable, free_ports, pairs, put_all, scenarios, Engine, TestCluster, Timers};
+use integration::{
+    assert_all_readable, free_ports, pairs, put_all, required_mongodb as required, scenarios,
+    test_mongodb_uri as test_uri, Engine, TestCluster, Timers,
+};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 
 const PREFIX: &str = "kvsit";
 /// The nodes' `storage.timeout_ms`: short, so a down server is noticed quickly.
 const NODE_TIMEOUT_MS: u64 = 1000;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Skips the test (returns None) when `what` is missing outside CI; fails it under CI.
-fn required<T>(found: Option<T>, what: &str) -> Option<T> {
-    if found.is_none() {
-        assert!(!in_ci(), "{what}: CI must run the MongoDB tests (see .ci/run)");
-        eprintln!(
-            "skipped: {what}; to run the MongoDB tests: \
-             . .ci/nx27017.sh && start_nx27017 && cargo test --release -p integration --test mongodb"
-        );
-    }
-    found
-}
-
-fn test_uri() -> Option<String> {
-    required(
-        std::env::var("KVS_TEST_MONGODB_URI").ok().filter(|u| !u.is_empty()),
-        "KVS_TEST_MONGODB_URI is not set",
-    )
-}
 
 fn engine(uri: &str) -> Engine {
     Engine::MongoDb {

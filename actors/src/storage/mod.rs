@@ -5,7 +5,7 @@ pub mod mongo_store;
 pub mod redb_store;
 pub mod wal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use protocol::{LogIndex, Term};
 
@@ -25,8 +25,46 @@ pub struct StoredState {
     pub applied_index: LogIndex,
     pub applied_term: Term,
     pub data: KvMap,
-    /// The exactly-once session table, encoded by the state machine (opaque here).
-    pub sessions: Vec<u8>,
+    pub sessions: StoredSessions,
+}
+
+/// The exactly-once session table as a store keeps it: one row per client,
+/// encoded by the state machine (opaque here), so that a flush writes only
+/// the sessions that changed, never the whole table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSessions {
+    /// Each client's session, by client id.
+    pub rows: BTreeMap<u64, Vec<u8>>,
+    /// The state machine's eviction watermark (an applied index).
+    pub evicted_through: LogIndex,
+    /// The whole table as one blob, as versions before per-client rows wrote
+    /// it; empty otherwise. When it is not empty it is the table (`rows` and
+    /// `evicted_through` are then empty): the state machine reads it and its
+    /// first flush rewrites it as rows, removing the blob in the same atomic step.
+    pub legacy_table: Vec<u8>,
+}
+
+impl StoredState {
+    /// What a store holds after it flushed `batch` over this state: the
+    /// contract every [`Store::flush`] keeps, and the model its tests check against.
+    pub fn absorb(&mut self, batch: &FlushBatch) {
+        self.applied_index = batch.applied_index;
+        self.applied_term = batch.applied_term;
+        for (key, value) in &batch.upserts {
+            self.data.insert(key.clone(), value.clone());
+        }
+        for key in &batch.deletes {
+            self.data.remove(key);
+        }
+        let sessions = &mut self.sessions;
+        sessions.rows.extend(batch.session_upserts.iter().cloned());
+        for id in &batch.session_deletes {
+            sessions.rows.remove(id);
+        }
+        sessions.evicted_through = batch.evicted_through;
+        // A flush writes the table as rows: the blob of an older version is gone.
+        sessions.legacy_table.clear();
+    }
 }
 
 /// The changes applied since the last flush, written atomically with the new applied point.
@@ -36,31 +74,47 @@ pub struct FlushBatch {
     pub applied_term: Term,
     pub upserts: Vec<(String, String)>,
     pub deletes: Vec<String>,
-    pub sessions: Vec<u8>,
+    /// Sessions changed since the last flush (their whole new row), and
+    /// sessions forgotten since then.
+    pub session_upserts: Vec<(u64, Vec<u8>)>,
+    pub session_deletes: Vec<u64>,
+    pub evicted_through: LogIndex,
 }
 
 impl FlushBatch {
     /// Folds a newer batch into this (older, unwritten) one: the newer change of a key wins.
     pub fn then(self, newer: FlushBatch) -> FlushBatch {
-        let mut changes: HashMap<String, Option<String>> = HashMap::new();
-        for batch in [self, newer.clone()] {
-            changes.extend(batch.upserts.into_iter().map(|(k, v)| (k, Some(v))));
-            changes.extend(batch.deletes.into_iter().map(|k| (k, None)));
-        }
         let mut merged = FlushBatch {
             applied_index: newer.applied_index,
             applied_term: newer.applied_term,
-            sessions: newer.sessions,
+            evicted_through: newer.evicted_through,
             ..FlushBatch::default()
         };
-        for (key, value) in changes {
-            match value {
-                Some(value) => merged.upserts.push((key, value)),
-                None => merged.deletes.push(key),
-            }
+        let mut changes: HashMap<String, Option<String>> = HashMap::new();
+        let mut session_changes: HashMap<u64, Option<Vec<u8>>> = HashMap::new();
+        for batch in [self, newer] {
+            changes.extend(batch.upserts.into_iter().map(|(k, v)| (k, Some(v))));
+            changes.extend(batch.deletes.into_iter().map(|k| (k, None)));
+            session_changes.extend(batch.session_upserts.into_iter().map(|(id, row)| (id, Some(row))));
+            session_changes.extend(batch.session_deletes.into_iter().map(|id| (id, None)));
         }
+        (merged.upserts, merged.deletes) = split_changes(changes);
+        (merged.session_upserts, merged.session_deletes) = split_changes(session_changes);
         merged
     }
+}
+
+/// Splits changes into the writes and the removals.
+fn split_changes<K, V>(changes: HashMap<K, Option<V>>) -> (Vec<(K, V)>, Vec<K>) {
+    let mut writes = Vec::new();
+    let mut removals = Vec::new();
+    for (key, value) in changes {
+        match value {
+            Some(value) => writes.push((key, value)),
+            None => removals.push(key),
+        }
+    }
+    (writes, removals)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,13 +6,18 @@
 //! - The data collection (`kv` at first; `kv_<generation>` after a snapshot
 //!   install) holds one document per key: `{ _id: key, value, index }`, where
 //!   `index` is the applied index of the flush that last wrote the key.
+//! - The sessions collection (`sessions`, or `sessions_<generation>` beside
+//!   `kv_<generation>`) holds versions of the exactly-once sessions, one row
+//!   per client per flush that changed it (see below).
 //! - The `meta` collection holds one document, `{ _id: "state", ... }`:
-//!   `applied_index`, `applied_term`, `sessions` (the state machine's opaque
-//!   exactly-once table, as base64 text: some compatible servers cannot
-//!   replace a document that holds binary), `collection` and `generation` (which data
+//!   `applied_index`, `applied_term`, `evicted_through` (the sessions'
+//!   eviction watermark), `collection` and `generation` (which data
 //!   collection is current), and `cluster_id` / `node_id` (so a node never
 //!   loads another node's database). Indexes are stored as 64-bit signed
-//!   integers.
+//!   integers. Format 1 (before per-client rows) kept the whole session
+//!   table in the meta document as `sessions` (base64); it is read as
+//!   [`StoredSessions::legacy_table`], and the first flush rewrites it as rows
+//!   with a format 2 meta document.
 //!
 //! Every write uses write concern `{ w: "majority", j: true }`: it is in the
 //! server's journal (of a majority, on a replica set) when it is acknowledged.
@@ -44,16 +49,36 @@
 //! [`FlushBatch::then`]) is safe for the same reason: the writes are
 //! idempotent.
 //!
+//! # Sessions: versioned rows, chosen by the meta document
+//!
+//! Sessions cannot be written like data: replaying the log over a session
+//! newer than the recorded applied index would answer a replayed write from
+//! that session instead of applying it, and an older value could win. So a
+//! flush at applied index F writes each changed session as a new version,
+//! `{ _id: "<client>-<F>-<part>", client, flush: F, part, parts, row }` (the
+//! row as base64, cut into parts of [`ROW_PART_BYTES`] so that no session is
+//! bounded by a document's 16 MiB; a forgotten session is a tombstone,
+//! `parts: 0`), before the meta document. A session's state is its version
+//! with the highest `flush` at or below the recorded applied index, so a
+//! crash before the meta write leaves the sessions of the old applied index
+//! in force, exactly as for the data: the log replays the rest. After the
+//! meta write, older versions of the changed sessions (and the tombstones
+//! themselves) are deleted by `_id`; the store remembers every version it
+//! wrote or read, including those of failed attempts. At start, versions
+//! above the applied index (a flush that never reached its meta write) and
+//! superseded ones are deleted before anything is written.
+//!
 //! # Replace (snapshot install): a fresh collection, then switch the pointer
 //!
-//! The new state goes into a fresh collection `kv_<generation + 1>` (dropped
-//! first if a crashed install left one). Then the meta document switches to it
-//! with the snapshot's applied index and sessions, in one write. Then the old
-//! collection is dropped. A crash before the switch leaves the old state
+//! The new state goes into fresh collections `kv_<generation + 1>` and
+//! `sessions_<generation + 1>` (dropped first if a crashed install left them).
+//! Then the meta document switches to them with the snapshot's applied index,
+//! in one write. Then the old collections are dropped. A crash before the switch leaves the old state
 //! untouched (the half-written collection is dropped by the next install or
 //! start); a crash after it leaves the new state and an orphan collection,
 //! which the next start drops.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
@@ -62,13 +87,19 @@ use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Database};
 use tracing::{debug, warn};
 
-use super::{FlushBatch, KvMap, Store, StoreError, StoredState};
+use super::{FlushBatch, KvMap, Store, StoreError, StoredSessions, StoredState};
 
 const META: &str = "meta";
 const STATE_ID: &str = "state";
 const FIRST_COLLECTION: &str = "kv";
-/// Version of the document layout, so a later one can tell.
-const FORMAT: i32 = 1;
+const FIRST_SESSIONS: &str = "sessions";
+/// Version of the document layout, so a later one can tell: 2 keeps sessions
+/// as versioned rows; 1 kept them as one blob in the meta document (read, never written).
+const FORMAT: i32 = 2;
+const BLOB_SESSIONS_FORMAT: u64 = 1;
+/// Most bytes of a session row in one document (base64 makes it 4/3 larger;
+/// a document holds 16 MiB).
+const ROW_PART_BYTES: usize = 4 << 20;
 /// Most statements in one write command (servers take up to 100,000).
 const MAX_STATEMENTS: usize = 10_000;
 /// About the most bytes of statements in one write command (the limit is 16 MiB).
@@ -105,6 +136,34 @@ struct Active {
     generation: u64,
 }
 
+impl Active {
+    /// The sessions collection of this generation.
+    fn sessions(&self) -> String {
+        match self.generation {
+            0 => FIRST_SESSIONS.to_string(),
+            generation => format!("{FIRST_SESSIONS}_{generation}"),
+        }
+    }
+}
+
+/// One version of a session row: the flush that wrote it and how many
+/// documents it is (a tombstone is one document with `parts: 0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct RowVersion {
+    flush: u64,
+    parts: u32,
+}
+
+impl RowVersion {
+    fn document_ids(self, client: u64) -> impl Iterator<Item = String> {
+        (0..self.parts.max(1)).map(move |part| row_id(client, self.flush, part))
+    }
+}
+
+fn row_id(client: u64, flush: u64, part: u32) -> String {
+    format!("{client:016x}-{flush:016x}-{part}")
+}
+
 impl Default for Active {
     fn default() -> Self {
         Active {
@@ -121,6 +180,9 @@ pub struct MongoStore {
     shown_uri: String,
     /// None until the meta document has been read.
     active: Option<Active>,
+    /// Every session row version that may be in the active sessions
+    /// collection (written, attempted, or read), by client.
+    row_versions: HashMap<u64, BTreeSet<RowVersion>>,
     write_concern: Document,
     // Dropped last: the database handle uses it.
     _client: Client,
@@ -157,6 +219,7 @@ impl MongoStore {
             node_id: config.node_id,
             shown_uri: shown_uri.clone(),
             active: None,
+            row_versions: HashMap::new(),
             write_concern: doc! { "w": "majority", "j": true, "wtimeout": timeout_ms },
             _client: client,
         })
@@ -195,9 +258,9 @@ impl MongoStore {
     /// Checks that the meta document is ours and returns the collection it names.
     fn check_meta(&self, meta: &Document) -> Result<Active, StoreError> {
         let format = get_u64(meta, "format")?;
-        if format != FORMAT as u64 {
+        if format != FORMAT as u64 && format != BLOB_SESSIONS_FORMAT {
             return Err(corrupt(format!(
-                "meta document has format {format}; this build reads {FORMAT}"
+                "meta document has format {format}; this build reads {BLOB_SESSIONS_FORMAT} and {FORMAT}"
             )));
         }
         let cluster = get_str(meta, "cluster_id")?;
@@ -220,7 +283,13 @@ impl MongoStore {
         })
     }
 
-    fn meta_document(&self, active: &Active, index: u64, term: u64, sessions: &[u8]) -> Result<Document, StoreError> {
+    fn meta_document(
+        &self,
+        active: &Active,
+        index: u64,
+        term: u64,
+        evicted_through: u64,
+    ) -> Result<Document, StoreError> {
         Ok(doc! {
             "_id": STATE_ID,
             "format": FORMAT,
@@ -230,7 +299,7 @@ impl MongoStore {
             "applied_term": to_i64(term)?,
             "collection": &active.collection,
             "generation": to_i64(active.generation)?,
-            "sessions": BASE64_STANDARD.encode(sessions),
+            "evicted_through": to_i64(evicted_through)?,
         })
     }
 
@@ -277,17 +346,20 @@ impl MongoStore {
         }
     }
 
-    /// Drops data collections other than the active one (left by an interrupted snapshot install).
+    /// Drops data and sessions collections other than the active ones (left
+    /// by an interrupted snapshot install).
     fn drop_orphans(&self, active: &Active) {
         let names = match self.db.list_collection_names().run() {
             Ok(names) => names,
             Err(e) => return warn!("cannot list MongoDB collections to drop orphans: {}", self.engine(e)),
         };
         for name in names {
-            if is_data_collection(&name) && name != active.collection {
+            let orphan = (is_data_collection(&name) && name != active.collection)
+                || (is_sessions_collection(&name) && name != active.sessions());
+            if orphan {
                 match self.drop_collection(&name) {
-                    Ok(()) => debug!(collection = %name, "dropped an orphan data collection"),
-                    Err(e) => warn!(collection = %name, "cannot drop an orphan data collection: {e}"),
+                    Ok(()) => debug!(collection = %name, "dropped an orphan collection"),
+                    Err(e) => warn!(collection = %name, "cannot drop an orphan collection: {e}"),
                 }
             }
         }
@@ -296,21 +368,36 @@ impl MongoStore {
 
 impl Store for MongoStore {
     fn load(&mut self) -> Result<StoredState, StoreError> {
+        self.row_versions.clear();
         let Some(meta) = self.read_meta()? else {
             // Nothing was ever flushed; keys written before a first meta write
-            // (a crash in between) are replayed from the log over whatever is there.
-            self.active = Some(Active::default());
-            return self.load_data(&Active::default(), StoredState::default());
+            // (a crash in between) are replayed from the log over whatever is
+            // there. Session rows of such a flush are all above index 0: discarded.
+            let active = Active::default();
+            self.active = Some(active.clone());
+            let mut state = self.load_data(&active, StoredState::default())?;
+            state.sessions = self.load_sessions(&active, 0, true)?;
+            return Ok(state);
         };
         let active = self.check_meta(&meta)?;
         self.active = Some(active.clone());
+        let applied_index = get_u64(&meta, "applied_index")?;
         let state = StoredState {
-            applied_index: get_u64(&meta, "applied_index")?,
+            applied_index,
             applied_term: get_u64(&meta, "applied_term")?,
             data: KvMap::new(),
-            sessions: BASE64_STANDARD
-                .decode(get_str(&meta, "sessions")?)
-                .map_err(|e| corrupt(format!("meta field \"sessions\" is not base64: {e}")))?,
+            sessions: if get_u64(&meta, "format")? == BLOB_SESSIONS_FORMAT {
+                // Rows beside a format 1 meta document are of a flush that never reached its meta write.
+                let mut sessions = self.load_sessions(&active, 0, true)?;
+                sessions.legacy_table = BASE64_STANDARD
+                    .decode(get_str(&meta, "sessions")?)
+                    .map_err(|e| corrupt(format!("meta field \"sessions\" is not base64: {e}")))?;
+                sessions
+            } else {
+                let mut sessions = self.load_sessions(&active, applied_index, false)?;
+                sessions.evicted_through = get_u64(&meta, "evicted_through")?;
+                sessions
+            },
         };
         self.drop_orphans(&active);
         self.load_data(&active, state)
@@ -338,17 +425,54 @@ impl Store for MongoStore {
             .map(|key| doc! { "q": { "_id": key }, "limit": 1 })
             .collect();
         self.write(WriteKind::Delete, &active.collection, deletes)?;
-        let meta = self.meta_document(&active, batch.applied_index, batch.applied_term, &batch.sessions)?;
-        self.write_meta(meta)
+
+        // New session versions, invisible until the meta document records this applied index.
+        let flush = batch.applied_index;
+        let mut rows = Vec::new();
+        let changed = batch
+            .session_upserts
+            .iter()
+            .map(|(client, row)| (*client, Some(row.as_slice())))
+            .chain(batch.session_deletes.iter().map(|client| (*client, None)));
+        for (client, row) in changed {
+            let version = row_documents(client, flush, row, &mut rows)?;
+            // Remembered before the write: a failed write may still have landed.
+            self.row_versions.entry(client).or_default().insert(version);
+        }
+        let statements = rows
+            .into_iter()
+            .map(|row| doc! { "q": { "_id": row.get("_id").cloned().unwrap_or(Bson::Null) }, "u": row, "upsert": true })
+            .collect();
+        self.write(WriteKind::Update, &active.sessions(), statements)?;
+
+        let meta = self.meta_document(&active, batch.applied_index, batch.applied_term, batch.evicted_through)?;
+        self.write_meta(meta)?;
+
+        // Committed. What it superseded is garbage; a failure to delete it
+        // now leaves it for the next flush of that session or the next start.
+        let upserted = batch.session_upserts.iter().map(|(client, _)| (*client, Some(flush)));
+        let deleted = batch.session_deletes.iter().map(|client| (*client, None));
+        let superseded = self.superseded_rows(upserted.chain(deleted));
+        if let Err(e) = self.delete_rows(&active, superseded) {
+            warn!("cannot delete superseded session rows (they are ignored, and retried later): {e}");
+        }
+        Ok(())
     }
 
     fn replace(&mut self, state: &StoredState) -> Result<(), StoreError> {
         let old = self.active()?;
+        let generation = old.generation + 1;
         let new = Active {
-            collection: format!("kv_{}", old.generation + 1),
-            generation: old.generation + 1,
+            collection: format!("kv_{generation}"),
+            generation,
         };
+        if !state.sessions.legacy_table.is_empty() {
+            return Err(StoreError::Engine(
+                "a replacing state carries a blob-era session table; only rows are written".into(),
+            ));
+        }
         self.drop_collection(&new.collection)?;
+        self.drop_collection(&new.sessions())?;
         let index = to_i64(state.applied_index)?;
         let documents = state
             .data
@@ -356,14 +480,196 @@ impl Store for MongoStore {
             .map(|(key, value)| doc! { "_id": key, "value": value, "index": index })
             .collect();
         self.write(WriteKind::Insert, &new.collection, documents)?;
-        let meta = self.meta_document(&new, state.applied_index, state.applied_term, &state.sessions)?;
+        let mut rows = Vec::new();
+        let mut versions: HashMap<u64, BTreeSet<RowVersion>> = HashMap::new();
+        for (client, row) in &state.sessions.rows {
+            let version = row_documents(*client, state.applied_index, Some(row), &mut rows)?;
+            versions.entry(*client).or_default().insert(version);
+        }
+        self.write(WriteKind::Insert, &new.sessions(), rows)?;
+        let meta = self.meta_document(
+            &new,
+            state.applied_index,
+            state.applied_term,
+            state.sessions.evicted_through,
+        )?;
         self.write_meta(meta)?;
         self.active = Some(new);
+        self.row_versions = versions;
         // The switch is done: a failure to drop only leaves an orphan for the next start.
-        if let Err(e) = self.drop_collection(&old.collection) {
-            warn!(collection = %old.collection, "cannot drop the replaced data collection: {e}");
+        for collection in [old.collection.clone(), old.sessions()] {
+            if let Err(e) = self.drop_collection(&collection) {
+                warn!(collection = %collection, "cannot drop a replaced collection: {e}");
+            }
         }
         Ok(())
+    }
+}
+
+/// Appends the documents of `client`'s version written at `flush` (its row
+/// cut into parts, or a tombstone for `None`) and returns that version.
+fn row_documents(
+    client: u64,
+    flush: u64,
+    row: Option<&[u8]>,
+    out: &mut Vec<Document>,
+) -> Result<RowVersion, StoreError> {
+    let flush_field = to_i64(flush)?;
+    let client_field = format!("{client:016x}");
+    let Some(row) = row else {
+        out.push(doc! { "_id": row_id(client, flush, 0), "client": &client_field, "flush": flush_field, "part": 0, "parts": 0 });
+        return Ok(RowVersion { flush, parts: 0 });
+    };
+    // An empty row is still one part, so it is not taken for a tombstone.
+    let pieces: Vec<&[u8]> = if row.is_empty() {
+        vec![row]
+    } else {
+        row.chunks(ROW_PART_BYTES).collect()
+    };
+    let parts =
+        u32::try_from(pieces.len()).map_err(|_| StoreError::Engine(format!("a session row of {} bytes", row.len())))?;
+    for (part, piece) in (0u32..).zip(pieces) {
+        out.push(doc! {
+            "_id": row_id(client, flush, part),
+            "client": &client_field,
+            "flush": flush_field,
+            "part": i64::from(part),
+            "parts": i64::from(parts),
+            "row": BASE64_STANDARD.encode(piece),
+        });
+    }
+    Ok(RowVersion { flush, parts })
+}
+
+/// The session rows read back: every version's parts, by client.
+#[derive(Default)]
+struct RowVersions {
+    clients: HashMap<u64, BTreeMap<RowVersion, BTreeMap<u32, Vec<u8>>>>,
+}
+
+impl RowVersions {
+    fn add(&mut self, document: &Document) -> Result<(), StoreError> {
+        let client = get_str(document, "client")?;
+        let client =
+            u64::from_str_radix(client, 16).map_err(|_| corrupt(format!("session row with client {client:?}")))?;
+        let version = RowVersion {
+            flush: get_u64(document, "flush")?,
+            parts: u32::try_from(get_u64(document, "parts")?)
+                .map_err(|_| corrupt("session row with too many parts".to_string()))?,
+        };
+        let part = u32::try_from(get_u64(document, "part")?)
+            .map_err(|_| corrupt("session row with a part number past 2^32".to_string()))?;
+        let bytes = if version.parts == 0 {
+            Vec::new()
+        } else {
+            BASE64_STANDARD
+                .decode(get_str(document, "row")?)
+                .map_err(|e| corrupt(format!("session row is not base64: {e}")))?
+        };
+        self.clients
+            .entry(client)
+            .or_default()
+            .entry(version)
+            .or_default()
+            .insert(part, bytes);
+        Ok(())
+    }
+}
+
+impl MongoStore {
+    /// Reads the sessions in force at `applied_index` (each client's newest
+    /// version at or below it, unless that is a tombstone) and deletes every
+    /// other version; with `discard_all`, every row is garbage.
+    fn load_sessions(
+        &mut self,
+        active: &Active,
+        applied_index: u64,
+        discard_all: bool,
+    ) -> Result<StoredSessions, StoreError> {
+        let cursor = self
+            .db
+            .collection::<Document>(&active.sessions())
+            .find(doc! {})
+            .run()
+            .map_err(|e| self.engine(e))?;
+        let mut read = RowVersions::default();
+        for document in cursor {
+            read.add(&document.map_err(|e| self.engine(e))?)?;
+        }
+        let mut sessions = StoredSessions::default();
+        let mut garbage = Vec::new();
+        for (client, versions) in read.clients {
+            let in_force = if discard_all {
+                None
+            } else {
+                versions.keys().rev().find(|v| v.flush <= applied_index).copied()
+            };
+            for (version, parts) in versions {
+                if Some(version) != in_force {
+                    garbage.extend(version.document_ids(client));
+                    continue;
+                }
+                if version.parts == 0 {
+                    // A tombstone in force: the session was forgotten. It is garbage too.
+                    garbage.extend(version.document_ids(client));
+                    continue;
+                }
+                if parts.len() != version.parts as usize || parts.keys().copied().ne(0..version.parts) {
+                    return Err(corrupt(format!(
+                        "session of client {client:016x} at flush {} has parts {:?} of {}",
+                        version.flush,
+                        parts.keys().collect::<Vec<_>>(),
+                        version.parts
+                    )));
+                }
+                sessions.rows.insert(client, parts.into_values().flatten().collect());
+                self.row_versions.entry(client).or_default().insert(version);
+            }
+        }
+        if !garbage.is_empty() {
+            debug!(documents = garbage.len(), "deleting session rows not in force");
+            // Deleted before anything new is written, so no later start can take one for current.
+            self.write(WriteKind::Delete, &active.sessions(), delete_by_id(garbage))?;
+        }
+        Ok(sessions)
+    }
+
+    /// The versions that `changes` (each client's newly committed version, or
+    /// None for a forgotten session) superseded, as document ids; they are
+    /// no longer remembered once returned.
+    fn superseded_rows(&mut self, changes: impl Iterator<Item = (u64, Option<u64>)>) -> Vec<(u64, RowVersion)> {
+        let mut superseded = Vec::new();
+        for (client, kept) in changes {
+            let Some(versions) = self.row_versions.get_mut(&client) else {
+                continue;
+            };
+            versions.retain(|version| {
+                let keep = Some(version.flush) == kept && version.parts > 0;
+                if !keep {
+                    superseded.push((client, *version));
+                }
+                keep
+            });
+            if versions.is_empty() {
+                self.row_versions.remove(&client);
+            }
+        }
+        superseded
+    }
+
+    /// Deletes these versions; on failure they are remembered again, to be retried.
+    fn delete_rows(&mut self, active: &Active, rows: Vec<(u64, RowVersion)>) -> Result<(), StoreError> {
+        let ids = rows
+            .iter()
+            .flat_map(|(client, version)| version.document_ids(*client))
+            .collect();
+        let result = self.write(WriteKind::Delete, &active.sessions(), delete_by_id(ids));
+        if result.is_err() {
+            for (client, version) in rows {
+                self.row_versions.entry(client).or_default().insert(version);
+            }
+        }
+        result
     }
 }
 
@@ -398,6 +704,12 @@ impl MongoStore {
         }
         Ok(state)
     }
+}
+
+fn delete_by_id(ids: Vec<String>) -> Vec<Document> {
+    ids.into_iter()
+        .map(|id| doc! { "q": { "_id": id }, "limit": 1 })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -518,10 +830,21 @@ fn corrupt(message: String) -> StoreError {
 }
 
 fn is_data_collection(name: &str) -> bool {
-    name == FIRST_COLLECTION
-        || name
-            .strip_prefix("kv_")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    is_generation_of(name, FIRST_COLLECTION)
+}
+
+fn is_sessions_collection(name: &str) -> bool {
+    is_generation_of(name, FIRST_SESSIONS)
+}
+
+/// `first`, or `first_<digits>`.
+fn is_generation_of(name: &str, first: &str) -> bool {
+    name.strip_prefix(first).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix('_')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// The URI with its password and secret options replaced by `****`, for messages.
@@ -648,6 +971,11 @@ mod tests {
         assert!(!is_data_collection("kv_"));
         assert!(!is_data_collection("kv_x"));
         assert!(!is_data_collection("meta"));
+        assert!(!is_data_collection("kvx"));
+        assert!(is_sessions_collection("sessions"));
+        assert!(is_sessions_collection("sessions_3"));
+        assert!(!is_sessions_collection("sessions_"));
+        assert!(!is_sessions_collection("kv_3"));
     }
 
     #[test]

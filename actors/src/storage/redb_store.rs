@@ -1,22 +1,30 @@
 //! The state store on redb: one database file `<dir>/state.redb`.
 //!
-//! Tables: `kv` (&str -> &str) holds the data; `meta` (&str -> &[u8]) holds
-//! `applied_index` and `applied_term` (u64 big-endian) and `sessions` (opaque
-//! blob). Every write is one transaction committed with redb's default
-//! durability, which fsyncs before `commit` returns.
+//! Tables: `kv` (&str -> &str) holds the data; `sessions` (u64 -> &[u8])
+//! holds one row per exactly-once session (opaque, encoded by the state
+//! machine); `meta` (&str -> &[u8]) holds `applied_index`, `applied_term` and
+//! `evicted_through` (u64 big-endian). Versions before per-session rows kept
+//! the whole session table as one blob under the meta key `sessions`; it is
+//! read as [`StoredSessions::legacy_table`] and removed by the first flush,
+//! which writes the rows in the same transaction. Every write is one
+//! transaction committed with redb's default durability, which fsyncs before
+//! `commit` returns, so the rows and the applied point always agree.
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{FlushBatch, Store, StoreError, StoredState};
+use super::{FlushBatch, Store, StoreError, StoredSessions, StoredState};
 
 const DB_FILE: &str = "state.redb";
 const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const APPLIED_INDEX: &str = "applied_index";
 const APPLIED_TERM: &str = "applied_term";
-const SESSIONS: &str = "sessions";
+const EVICTED_THROUGH: &str = "evicted_through";
+/// The meta key of the whole-table blob of older versions.
+const LEGACY_SESSIONS: &str = "sessions";
 
 pub struct RedbStore {
     db: Database,
@@ -36,19 +44,22 @@ fn engine(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Engine(e.into().to_string())
 }
 
+/// Records the applied point and the eviction watermark, and removes the
+/// blob-era session table (its content is written as rows in the same transaction).
 fn write_meta(
     table: &mut redb::Table<'_, &str, &[u8]>,
     index: u64,
     term: u64,
-    sessions: &[u8],
+    evicted_through: u64,
 ) -> Result<(), StoreError> {
-    table
-        .insert(APPLIED_INDEX, index.to_be_bytes().as_slice())
-        .map_err(engine)?;
-    table
-        .insert(APPLIED_TERM, term.to_be_bytes().as_slice())
-        .map_err(engine)?;
-    table.insert(SESSIONS, sessions).map_err(engine)?;
+    for (key, value) in [
+        (APPLIED_INDEX, index),
+        (APPLIED_TERM, term),
+        (EVICTED_THROUGH, evicted_through),
+    ] {
+        table.insert(key, value.to_be_bytes().as_slice()).map_err(engine)?;
+    }
+    table.remove(LEGACY_SESSIONS).map_err(engine)?;
     Ok(())
 }
 
@@ -80,12 +91,24 @@ impl Store for RedbStore {
             Err(e) => return Err(engine(e)),
         }
 
+        match txn.open_table(SESSIONS) {
+            Ok(sessions) => {
+                for item in sessions.iter().map_err(engine)? {
+                    let (id, row) = item.map_err(engine)?;
+                    state.sessions.rows.insert(id.value(), row.value().to_vec());
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(engine(e)),
+        }
+
         match txn.open_table(META) {
             Ok(meta) => {
                 state.applied_index = read_u64(&meta, APPLIED_INDEX)?;
                 state.applied_term = read_u64(&meta, APPLIED_TERM)?;
-                if let Some(sessions) = meta.get(SESSIONS).map_err(engine)? {
-                    state.sessions = sessions.value().to_vec();
+                state.sessions.evicted_through = read_u64(&meta, EVICTED_THROUGH)?;
+                if let Some(blob) = meta.get(LEGACY_SESSIONS).map_err(engine)? {
+                    state.sessions.legacy_table = blob.value().to_vec();
                 }
             }
             Err(TableError::TableDoesNotExist(_)) => {}
@@ -104,8 +127,20 @@ impl Store for RedbStore {
             for key in &batch.deletes {
                 kv.remove(key.as_str()).map_err(engine)?;
             }
+            let mut sessions = txn.open_table(SESSIONS).map_err(engine)?;
+            for (id, row) in &batch.session_upserts {
+                sessions.insert(*id, row.as_slice()).map_err(engine)?;
+            }
+            for id in &batch.session_deletes {
+                sessions.remove(*id).map_err(engine)?;
+            }
             let mut meta = txn.open_table(META).map_err(engine)?;
-            write_meta(&mut meta, batch.applied_index, batch.applied_term, &batch.sessions)?;
+            write_meta(
+                &mut meta,
+                batch.applied_index,
+                batch.applied_term,
+                batch.evicted_through,
+            )?;
         }
         // Dropping an uncommitted transaction on any error above aborts it.
         txn.commit().map_err(engine)
@@ -113,15 +148,30 @@ impl Store for RedbStore {
 
     fn replace(&mut self, state: &StoredState) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(engine)?;
-        // Deleting the table drops every old key in one step; it is recreated below.
+        // Deleting a table drops every old row in one step; it is recreated below.
         txn.delete_table(KV).map_err(engine)?;
+        txn.delete_table(SESSIONS).map_err(engine)?;
         {
             let mut kv = txn.open_table(KV).map_err(engine)?;
             for (key, value) in &state.data {
                 kv.insert(key.as_str(), value.as_str()).map_err(engine)?;
             }
+            let mut sessions = txn.open_table(SESSIONS).map_err(engine)?;
+            let StoredSessions {
+                rows,
+                evicted_through,
+                legacy_table,
+            } = &state.sessions;
+            if !legacy_table.is_empty() {
+                return Err(StoreError::Engine(
+                    "a replacing state carries a blob-era session table; only rows are written".into(),
+                ));
+            }
+            for (id, row) in rows {
+                sessions.insert(*id, row.as_slice()).map_err(engine)?;
+            }
             let mut meta = txn.open_table(META).map_err(engine)?;
-            write_meta(&mut meta, state.applied_index, state.applied_term, &state.sessions)?;
+            write_meta(&mut meta, state.applied_index, state.applied_term, *evicted_through)?;
         }
         txn.commit().map_err(engine)
     }
@@ -140,6 +190,10 @@ mod tests {
         strings(pairs).into_iter().collect()
     }
 
+    fn rows(pairs: &[(u64, &[u8])]) -> Vec<(u64, Vec<u8>)> {
+        pairs.iter().map(|(id, row)| (*id, row.to_vec())).collect()
+    }
+
     #[test]
     fn empty_store_loads_default() {
         let tmp = tempfile::tempdir().unwrap();
@@ -153,72 +207,83 @@ mod tests {
     }
 
     #[test]
-    fn flush_survives_reopen() {
+    fn flushes_survive_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(tmp.path()).unwrap();
-        store
-            .flush(&FlushBatch {
+        let mut expected = StoredState::default();
+        let batches = [
+            FlushBatch {
                 applied_index: 7,
                 applied_term: 2,
-                upserts: strings(&[("a", "1"), ("b", "2")]),
-                deletes: vec![],
-                sessions: vec![1, 2, 3],
-            })
-            .unwrap();
-        store
-            .flush(&FlushBatch {
+                upserts: strings(&[("a", "1"), ("b", "2"), ("gone", "x")]),
+                session_upserts: rows(&[(1, &[1, 2, 3]), (2, &[4]), (u64::MAX, &[5])]),
+                evicted_through: 3,
+                ..FlushBatch::default()
+            },
+            FlushBatch {
                 applied_index: u64::MAX - 1,
                 applied_term: 1 << 40,
                 upserts: strings(&[("b", "22"), ("c", "3")]),
-                deletes: vec![],
-                sessions: vec![9],
-            })
-            .unwrap();
+                // Deleting a missing key or session is not an error.
+                deletes: vec!["gone".into(), "missing".into()],
+                session_upserts: rows(&[(2, &[44])]),
+                session_deletes: vec![1, 99],
+                evicted_through: 6,
+            },
+        ];
+        for batch in &batches {
+            store.flush(batch).unwrap();
+            expected.absorb(batch);
+        }
         drop(store);
 
-        let mut store = RedbStore::open(tmp.path()).unwrap();
+        let loaded = RedbStore::open(tmp.path()).unwrap().load().unwrap();
+        assert_eq!(loaded, expected);
+        assert_eq!(loaded.data, map(&[("a", "1"), ("b", "22"), ("c", "3")]));
         assert_eq!(
-            store.load().unwrap(),
-            StoredState {
-                applied_index: u64::MAX - 1,
-                applied_term: 1 << 40,
-                data: map(&[("a", "1"), ("b", "22"), ("c", "3")]),
-                sessions: vec![9],
-            }
+            loaded.sessions.rows.into_iter().collect::<Vec<_>>(),
+            rows(&[(2, &[44]), (u64::MAX, &[5])])
         );
+        assert_eq!(loaded.sessions.evicted_through, 6);
     }
 
     #[test]
-    fn deletes_remove_keys() {
+    fn a_blob_era_session_table_is_read_then_replaced_by_rows() {
         let tmp = tempfile::tempdir().unwrap();
+        {
+            // What the previous version wrote: the whole table under the meta key `sessions`.
+            let store = RedbStore::open(tmp.path()).unwrap();
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(APPLIED_INDEX, 9u64.to_be_bytes().as_slice()).unwrap();
+                meta.insert(APPLIED_TERM, 2u64.to_be_bytes().as_slice()).unwrap();
+                meta.insert(LEGACY_SESSIONS, [7u8, 7, 7].as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
         let mut store = RedbStore::open(tmp.path()).unwrap();
-        store
-            .flush(&FlushBatch {
-                applied_index: 1,
-                applied_term: 1,
-                upserts: strings(&[("a", "1"), ("b", "2"), ("c", "3")]),
-                ..FlushBatch::default()
-            })
-            .unwrap();
-        store
-            .flush(&FlushBatch {
-                applied_index: 2,
-                applied_term: 1,
-                upserts: vec![],
-                // Deleting a missing key is not an error.
-                deletes: vec!["b".into(), "missing".into()],
-                sessions: vec![],
-            })
-            .unwrap();
-        drop(store);
+        let mut loaded = store.load().unwrap();
+        assert_eq!((loaded.applied_index, loaded.applied_term), (9, 2));
+        assert_eq!(loaded.sessions.legacy_table, vec![7, 7, 7]);
+        assert!(loaded.sessions.rows.is_empty());
 
-        let state = RedbStore::open(tmp.path()).unwrap().load().unwrap();
-        assert_eq!(state.data, map(&[("a", "1"), ("c", "3")]));
-        assert_eq!((state.applied_index, state.applied_term), (2, 1));
+        let batch = FlushBatch {
+            applied_index: 9,
+            applied_term: 2,
+            session_upserts: rows(&[(5, &[1])]),
+            ..FlushBatch::default()
+        };
+        store.flush(&batch).unwrap();
+        loaded.absorb(&batch);
+        drop(store);
+        let reloaded = RedbStore::open(tmp.path()).unwrap().load().unwrap();
+        assert_eq!(reloaded, loaded);
+        assert!(reloaded.sessions.legacy_table.is_empty());
     }
 
     #[test]
-    fn replace_drops_keys_not_in_new_state() {
+    fn replace_drops_keys_and_sessions_not_in_new_state() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(tmp.path()).unwrap();
         store
@@ -226,15 +291,19 @@ mod tests {
                 applied_index: 5,
                 applied_term: 1,
                 upserts: strings(&[("old", "x"), ("kept", "old")]),
-                deletes: vec![],
-                sessions: vec![1, 1],
+                session_upserts: rows(&[(1, &[1]), (2, &[2])]),
+                ..FlushBatch::default()
             })
             .unwrap();
         let snapshot = StoredState {
             applied_index: 40,
             applied_term: 3,
             data: map(&[("kept", "new"), ("fresh", "y")]),
-            sessions: vec![4, 5, 6],
+            sessions: StoredSessions {
+                rows: rows(&[(2, &[22]), (3, &[3])]).into_iter().collect(),
+                evicted_through: 30,
+                legacy_table: Vec::new(),
+            },
         };
         store.replace(&snapshot).unwrap();
         assert_eq!(store.load().unwrap(), snapshot);
