@@ -29,6 +29,13 @@ use tracing::{debug, info, warn};
 const PEER_QUEUE: usize = 8192;
 /// Requests one client connection may have in flight.
 const CLIENT_IN_FLIGHT: usize = 1024;
+/// Requests all client connections together may have in flight. A request
+/// and its answer each fit one client frame ([`MAX_CLIENT_FRAME`], 64 KiB; a
+/// key and a value fit half of one), so what requests in flight hold is
+/// bounded by this many frames (8192 x 64 KiB = 512 MiB) however many
+/// connections send them. A connection waiting for room reads nothing more:
+/// its sender meets TCP flow control.
+const NODE_IN_FLIGHT: usize = 8192;
 /// How long the far end has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections open at once on the client port (and on the RESP port):
@@ -363,6 +370,63 @@ async fn read_peer_frames(
     }
 }
 
+/// The in-flight allowance of one client connection: a slot of its own
+/// (at most [`CLIENT_IN_FLIGHT`]) and one of the node's ([`NODE_IN_FLIGHT`])
+/// per request. Every node slot taken is given back, when the request's
+/// answer is written or, for requests never answered, when the connection ends.
+struct InFlight {
+    node: Arc<Semaphore>,
+    connection: Semaphore,
+    /// Node slots this connection holds.
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl InFlight {
+    fn new(node: Arc<Semaphore>) -> InFlight {
+        InFlight {
+            node,
+            connection: Semaphore::new(CLIENT_IN_FLIGHT),
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for a slot for one more request; false once the node is shutting down.
+    async fn take(&self) -> bool {
+        let Ok(own) = self.connection.acquire().await else {
+            return false;
+        };
+        let Ok(node) = self.node.acquire().await else {
+            return false;
+        };
+        own.forget();
+        node.forget();
+        self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back the slots of `answered` requests (never more than are held:
+    /// an answer to no request, such as a framing error, returns nothing).
+    fn give_back(&self, answered: usize) {
+        use std::sync::atomic::Ordering;
+        let previous = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held - held.min(answered))
+            })
+            .unwrap_or_default();
+        let returned = previous.min(answered);
+        self.connection.add_permits(returned);
+        self.node.add_permits(returned);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Requests whose answers were never written: their node slots go back.
+        self.node.add_permits(*self.held.get_mut());
+    }
+}
+
 /// Accepts client connections and hands their requests to the ClientGateway.
 pub async fn serve_clients(
     listener: TcpListener,
@@ -371,10 +435,12 @@ pub async fn serve_clients(
     view: SharedView,
     gateway: Addr<ClientGateway>,
 ) {
+    let node_in_flight = Arc::new(Semaphore::new(NODE_IN_FLIGHT));
     accept_loop(listener, "client", MAX_CLIENT_CONNECTIONS, |stream, remote| {
         let (cluster_id, view, gateway) = (cluster_id.clone(), view.clone(), gateway.clone());
+        let in_flight = Arc::new(InFlight::new(node_in_flight.clone()));
         async move {
-            match client_connection(stream, me, &cluster_id, &view, gateway).await {
+            match client_connection(stream, me, &cluster_id, &view, gateway, in_flight).await {
                 Ok(()) => debug!(%remote, "client disconnected"),
                 Err(e) => info!(%remote, "client connection closed: {e}"),
             }
@@ -389,6 +455,7 @@ async fn client_connection(
     cluster_id: &str,
     view: &SharedView,
     gateway: Addr<ClientGateway>,
+    in_flight: Arc<InFlight>,
 ) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     let mut framed = Framed::new(stream, frame_codec(MAX_HANDSHAKE_FRAME));
@@ -396,7 +463,6 @@ async fn client_connection(
     framed.codec_mut().set_max_frame_length(MAX_CLIENT_FRAME);
     let (mut sink, mut frames) = framed.split();
     let (reply, mut replies) = mpsc::channel::<ClientResponse>(CLIENT_IN_FLIGHT + 16);
-    let in_flight = Arc::new(Semaphore::new(CLIENT_IN_FLIGHT));
     let writer_permits = in_flight.clone();
     let writer = actix::spawn(async move {
         while let Some(response) = replies.recv().await {
@@ -416,7 +482,7 @@ async fn client_connection(
                     Err(_) => Ok(()),
                 };
             }
-            writer_permits.add_permits(answered);
+            writer_permits.give_back(answered);
             if result.is_err() || SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
                 break;
             }
@@ -440,10 +506,9 @@ async fn client_connection(
                 break Err(LinkError::Refused(message));
             }
         };
-        let Ok(permit) = in_flight.acquire().await else {
+        if !in_flight.take().await {
             break Ok(());
-        };
-        permit.forget();
+        }
         match decode::<ClientRequest>(&frame) {
             Ok(request) => gateway.do_send(ClientCall {
                 request,
@@ -461,4 +526,52 @@ async fn client_connection(
     drop(reply);
     let _ = writer.await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_connections_share_the_node_in_flight_bound_and_give_every_slot_back() {
+        let node = Arc::new(Semaphore::new(3));
+        let first = InFlight::new(node.clone());
+        let second = InFlight::new(node.clone());
+        assert!(first.take().await && first.take().await && second.take().await);
+        assert_eq!(node.available_permits(), 0);
+        // The node's bound holds across connections: a fourth request waits.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), second.take()).await;
+        assert!(waiting.is_err(), "a request past the node's bound must wait");
+
+        // An answer to no request (a framing error) gives nothing back.
+        first.give_back(3);
+        assert_eq!(node.available_permits(), 2);
+        assert_eq!(first.connection.available_permits(), CLIENT_IN_FLIGHT);
+        first.give_back(1);
+        assert_eq!(node.available_permits(), 2);
+
+        // A connection that ends with a request unanswered returns its slot.
+        drop(second);
+        assert_eq!(node.available_permits(), 3);
+        drop(first);
+        assert_eq!(node.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_connection_is_bounded_by_its_own_slots() {
+        let node = Arc::new(Semaphore::new(NODE_IN_FLIGHT));
+        let connection = InFlight::new(node.clone());
+        for _ in 0..CLIENT_IN_FLIGHT {
+            assert!(connection.take().await);
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), connection.take()).await;
+        assert!(
+            waiting.is_err(),
+            "request {} of one connection must wait",
+            CLIENT_IN_FLIGHT + 1
+        );
+        assert_eq!(node.available_permits(), NODE_IN_FLIGHT - CLIENT_IN_FLIGHT);
+        connection.give_back(1);
+        assert!(connection.take().await);
+    }
 }

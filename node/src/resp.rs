@@ -15,8 +15,12 @@
 //! else gets `-ERR unknown command`.
 //!
 //! Input is bounded like the native port's: at most [`MAX_ARGS`] arguments
-//! of at most [`MAX_ARG_BYTES`] each, and inline commands of at most
-//! [`MAX_INLINE_BYTES`]. A request that breaks the protocol or a bound gets
+//! of at most [`MAX_ARG_BYTES`] each and [`MAX_COMMAND_BYTES`] together, and
+//! inline commands of at most [`MAX_INLINE_BYTES`]. A connection answers one
+//! command at a time and writes its answers once [`MAX_PENDING_REPLY_BYTES`]
+//! are pending, so it holds at most about one command and that much answer:
+//! with [`MAX_CLIENT_CONNECTIONS`] connections, the port holds at most about
+//! 4,096 x 320 KiB (1.3 GiB) whatever its clients send. A request that breaks the protocol or a bound gets
 //! `-ERR Protocol error: ...` and the connection is closed, as Redis does.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -29,11 +33,15 @@ use tracing::{debug, info, warn};
 
 use crate::network::{accept_loop, MAX_CLIENT_CONNECTIONS};
 
-/// Most arguments one command may have (with [`MAX_ARG_BYTES`], a command
-/// buffers at most 4 MiB).
+/// Most arguments one command may have.
 pub const MAX_ARGS: usize = 64;
-/// Largest argument, in bytes (keys and values are far smaller in kvs).
+/// Largest argument, in bytes (keys and values are smaller in kvs: together
+/// they fit half a 64 KiB client frame).
 pub const MAX_ARG_BYTES: usize = 64 * 1024;
+/// Most bytes of all arguments of one command (a `DEL` of 64 long keys fits).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Answers of pipelined commands are written together, up to this many bytes.
+pub const MAX_PENDING_REPLY_BYTES: usize = 64 * 1024;
 /// Longest inline command line (`PING\r\n` typed by hand), in bytes.
 pub const MAX_INLINE_BYTES: usize = 64 * 1024;
 
@@ -67,6 +75,7 @@ impl Decoder for RespCodec {
             return Ok(None);
         };
         let mut spans = Vec::with_capacity(count);
+        let mut total = 0usize;
         for _ in 0..count {
             match buf.get(at) {
                 None => return Ok(None),
@@ -81,6 +90,12 @@ impl Decoder for RespCodec {
             let Some((len, start)) = read_number(buf, at + 1, MAX_ARG_BYTES, "bulk length")? else {
                 return Ok(None);
             };
+            total = total.saturating_add(len);
+            if total > MAX_COMMAND_BYTES {
+                return Err(RespError::Protocol(format!(
+                    "command longer than {MAX_COMMAND_BYTES} bytes"
+                )));
+            }
             let end = start + len;
             if buf.len() < end + 2 {
                 return Ok(None);
@@ -222,8 +237,8 @@ async fn resp_connection(stream: TcpStream, client: &Client) -> Result<(), RespE
             execute(client, &command).await
         };
         reply.write(&mut out);
-        // Pipelined commands already read are answered in one write.
-        if quit || commands.read_buffer().is_empty() {
+        // Pipelined commands already read are answered in one write, of bounded size.
+        if quit || commands.read_buffer().is_empty() || out.len() >= MAX_PENDING_REPLY_BYTES {
             write.write_all(&out).await?;
             out.clear();
         }
@@ -388,6 +403,28 @@ mod tests {
         }
         let long_line = vec![b'a'; MAX_INLINE_BYTES + 1];
         assert!(matches!(decode_all(&long_line), Err(RespError::Protocol(_))));
+    }
+
+    #[test]
+    fn a_command_is_bounded_in_total_not_only_per_argument() {
+        let args = MAX_COMMAND_BYTES / MAX_ARG_BYTES;
+        let command = |extra: Option<&[u8]>| {
+            let mut input = format!("*{}\r\n", args + usize::from(extra.is_some())).into_bytes();
+            for _ in 0..args {
+                input.extend_from_slice(format!("${MAX_ARG_BYTES}\r\n").as_bytes());
+                input.extend(std::iter::repeat_n(b'a', MAX_ARG_BYTES));
+                input.extend_from_slice(b"\r\n");
+            }
+            if let Some(extra) = extra {
+                input.extend_from_slice(format!("${}\r\n", extra.len()).as_bytes());
+                input.extend_from_slice(extra);
+                input.extend_from_slice(b"\r\n");
+            }
+            input
+        };
+        let at_the_bound = decode_all(&command(None)).expect("a command of exactly the bound");
+        assert_eq!(at_the_bound.len(), 1);
+        assert!(matches!(decode_all(&command(Some(b"x"))), Err(RespError::Protocol(_))));
     }
 
     #[test]
