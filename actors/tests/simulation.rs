@@ -19,8 +19,9 @@ use actors::election::persist_request;
 use actors::messages::Persist;
 use actors::raft::{CoreConfig, HardState, MemLog, RaftCore};
 use actors::recovery::reconcile;
-use actors::state::StateMachine;
-use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, Role, Term};
+use actors::state::{ApplyResult, StateMachine};
+use actors::storage::StoredState;
+use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, Role, Session, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -38,9 +39,10 @@ struct Node {
     applied: (LogIndex, Term),
     /// The real state machine, as of `applied`.
     state: StateMachine,
-    /// The state store's content as of `store`: the state machine's own
-    /// snapshot encoding (empty: nothing stored yet).
-    stored_state: Vec<u8>,
+    /// The state store's content as of `store`: what the state machine's
+    /// flush batches (its keys and session rows) and snapshot installs left,
+    /// as the store contract (`StoredState::absorb`) has it.
+    stored: StoredState,
     /// Hard states written before the current one, newest last: what a cut
     /// WAL tail falls back to.
     older_hard: Vec<HardState>,
@@ -71,6 +73,10 @@ struct Stats {
     durable_losses: usize,
     /// Reads whose value was checked against the committed history.
     values_checked: usize,
+    /// Answers to session writes checked against their first application.
+    session_answers_checked: usize,
+    /// Committed retries of a session write already applied (not applied again).
+    session_retries_committed: usize,
 }
 
 fn encode_state(state: &StateMachine) -> Vec<u8> {
@@ -82,13 +88,25 @@ fn encode_state(state: &StateMachine) -> Vec<u8> {
     bytes
 }
 
-fn decode_state(bytes: &[u8]) -> Result<StateMachine, String> {
+/// The state machine and the store content a snapshot install leaves.
+fn decode_snapshot(bytes: &[u8]) -> Result<(StateMachine, StoredState), String> {
     if bytes.is_empty() {
-        return Ok(StateMachine::default());
+        return Ok((StateMachine::default(), StoredState::default()));
     }
-    StateMachine::read_snapshot(bytes)
-        .map(|(state, _)| state)
-        .map_err(|e| format!("a stored state does not decode: {e}"))
+    StateMachine::read_snapshot(bytes).map_err(|e| format!("a snapshot does not decode: {e}"))
+}
+
+/// Clients writing through exactly-once sessions. Each has one write in
+/// flight at most and retries it (same sequence number) until it is answered,
+/// from whichever leader it reaches: the retries that exactly-once exists for.
+const SESSION_CLIENTS: u64 = 3;
+
+#[derive(Debug, Default, Clone)]
+struct SessionClient {
+    /// The sequence number of the write in flight, or of the next one.
+    seq: u64,
+    /// The write in flight: key and value.
+    in_flight: Option<(String, String)>,
 }
 
 struct Sim {
@@ -116,8 +134,15 @@ struct Sim {
     /// until that node has applied their read index: (node, index, key).
     waiting_reads: Vec<(usize, LogIndex, String)>,
     /// Every committed write of each key, in index order: what a node that
-    /// has applied up to an index must read.
+    /// has applied up to an index must read. A session write counts once,
+    /// at its first committed entry; its retries change nothing.
     history: HashMap<String, Vec<(LogIndex, Option<String>)>>,
+    session_clients: Vec<SessionClient>,
+    /// (client, seq) of every session write applied, with the old value its
+    /// first application found: the answer every attempt of it must get.
+    session_answers: HashMap<(u64, u64), Option<String>>,
+    /// Proposals of session writes: request id -> (client, seq).
+    session_proposals: HashMap<u64, (u64, u64)>,
     /// Snapshots as the real state machine encodes them, by applied index.
     snapshot_bytes: HashMap<LogIndex, Vec<u8>>,
     next_request: u64,
@@ -153,7 +178,7 @@ impl Sim {
                     store: (0, 0),
                     applied: (0, 0),
                     state: StateMachine::default(),
-                    stored_state: Vec::new(),
+                    stored: StoredState::default(),
                     older_hard: Vec::new(),
                 };
                 node.core = Some(RaftCore::new(
@@ -181,6 +206,15 @@ impl Sim {
             reads: HashMap::new(),
             waiting_reads: Vec::new(),
             history: HashMap::new(),
+            session_clients: vec![
+                SessionClient {
+                    seq: 1,
+                    in_flight: None
+                };
+                SESSION_CLIENTS as usize
+            ],
+            session_answers: HashMap::new(),
+            session_proposals: HashMap::new(),
             snapshot_bytes: HashMap::new(),
             next_request: 1,
             trace: Vec::new(),
@@ -244,7 +278,7 @@ impl Sim {
                     ));
                 }
                 let bytes = self.snapshot_bytes.get(&index).cloned().unwrap_or_default();
-                let state = decode_state(&bytes)?;
+                let (state, stored) = decode_snapshot(&bytes)?;
                 if state.applied_index() != index {
                     return Err(format!(
                         "node {}: the snapshot at {index} holds state applied to {}",
@@ -253,7 +287,7 @@ impl Sim {
                     ));
                 }
                 self.nodes[i].state = state;
-                self.nodes[i].stored_state = bytes;
+                self.nodes[i].stored = stored;
                 self.nodes[i].store = (snapshot.index, snapshot.term);
                 self.nodes[i].applied = (snapshot.index, snapshot.term);
                 self.stats.snapshots += 1;
@@ -292,6 +326,36 @@ impl Sim {
         Err(format!("node {} never settled", i + 1))
     }
 
+    /// The write of request `request`: a plain put, or a session client's
+    /// write (its retry, if its last one is unanswered).
+    fn next_write(&mut self, request: u64) -> Command {
+        let client = request % (SESSION_CLIENTS + 1);
+        let Some(state) = self.session_clients.get_mut(client as usize) else {
+            return Command::Put {
+                key: format!("k{}", request % 4),
+                value: request.to_string(),
+                session: None,
+            };
+        };
+        let (key, value) = state
+            .in_flight
+            .get_or_insert_with(|| (format!("k{}", (request / 5) % 4), format!("s{client}.{}", state.seq)))
+            .clone();
+        let session = Session {
+            client_id: client + 1,
+            seq: state.seq,
+            // One write in flight: every earlier one is answered.
+            acked_below: state.seq,
+            floor: Some(0),
+        };
+        self.session_proposals.insert(request, (client, state.seq));
+        Command::Put {
+            key,
+            value,
+            session: Some(session),
+        }
+    }
+
     fn apply(&mut self, i: usize, entry: &Entry) -> Result<(), String> {
         let node = &mut self.nodes[i];
         if entry.index <= node.applied.0 {
@@ -304,7 +368,7 @@ impl Sim {
             ));
         }
         node.applied = (entry.index, entry.term);
-        node.state.apply(entry);
+        let answer = node.state.apply(entry);
         let id = node.id;
         match self.applied_everywhere.get(&entry.index) {
             Some(&(term, request)) if (term, request) != (entry.term, entry.request_id) => {
@@ -324,11 +388,24 @@ impl Sim {
                 // Nodes apply in index order, so the first to apply an index has
                 // applied all before it: the history grows in index order.
                 match &entry.command {
-                    Command::Put { key, value, .. } => {
-                        self.history
-                            .entry(key.clone())
-                            .or_default()
-                            .push((entry.index, Some(value.clone())));
+                    Command::Put { key, value, session } => {
+                        let writes = self.history.entry(key.clone()).or_default();
+                        let old = writes.last().and_then(|(_, value)| value.clone());
+                        let first = match session {
+                            Some(s) => {
+                                let attempt = (s.client_id - 1, s.seq);
+                                let first = !self.session_answers.contains_key(&attempt);
+                                self.session_answers.entry(attempt).or_insert(old);
+                                if !first {
+                                    self.stats.session_retries_committed += 1;
+                                }
+                                first
+                            }
+                            None => true,
+                        };
+                        if first {
+                            writes.push((entry.index, Some(value.clone())));
+                        }
                     }
                     Command::Delete { key, .. } => {
                         self.history.entry(key.clone()).or_default().push((entry.index, None));
@@ -344,8 +421,36 @@ impl Sim {
         if let Some(&(proposer, index, term)) = self.proposals.get(&entry.request_id) {
             if proposer == id && index == entry.index && term == entry.term {
                 self.proposals.remove(&entry.request_id);
+                self.check_session_answer(id, entry, answer)?;
                 self.acknowledged_up_to = self.acknowledged_up_to.max(index);
                 self.stats.acknowledged += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the answer a session write's attempt got: the old value its
+    /// first application found, however many attempts were applied and
+    /// whatever crashes, restarts and snapshots came between. Then its client
+    /// moves on to its next write.
+    fn check_session_answer(&mut self, node: NodeId, entry: &Entry, answer: Option<ApplyResult>) -> Result<(), String> {
+        let Some((client, seq)) = self.session_proposals.remove(&entry.request_id) else {
+            return Ok(());
+        };
+        let expected = self.session_answers.get(&(client, seq)).cloned();
+        if answer != expected.clone().map(Ok) {
+            return Err(format!(
+                "node {node} answered session write (client {}, seq {seq}) at index {} with {answer:?}; \
+                 its first application found {expected:?}",
+                client + 1,
+                entry.index
+            ));
+        }
+        self.stats.session_answers_checked += 1;
+        if let Some(state) = self.session_clients.get_mut(client as usize) {
+            if state.seq == seq {
+                state.seq += 1;
+                state.in_flight = None;
             }
         }
         Ok(())
@@ -437,7 +542,7 @@ impl Sim {
             node.wal_log = log.clone();
         }
         node.applied = node.store;
-        node.state = decode_state(&node.stored_state).expect("the stored state decodes");
+        node.state = StateMachine::from_stored(node.stored.clone()).expect("the stored state decodes");
         node.core = Some(RaftCore::new(config, node.wal_hard, log, node.store.0));
         let id = node.id;
         self.log(format!("restart {id}"));
@@ -578,8 +683,14 @@ impl Sim {
                 // The CommitActor flushes the store, durably, and tells the core.
                 if let Some(i) = self.pick(&live) {
                     let node = &mut self.nodes[i];
+                    let batch = node
+                        .state
+                        .take_flush_batch(node.store.0)
+                        .map_err(|e| format!("node {} cannot encode a flush: {e}", node.id))?;
+                    if let Some(batch) = batch {
+                        node.stored.absorb(&batch);
+                    }
                     node.store = node.applied;
-                    node.stored_state = encode_state(&node.state);
                     let flushed = node.store.0;
                     if let Some(core) = node.core.as_mut() {
                         core.set_flushed(flushed);
@@ -590,11 +701,7 @@ impl Sim {
                 if let Some(i) = self.pick(&leaders) {
                     let request = self.next_request;
                     self.next_request += 1;
-                    let command = Command::Put {
-                        key: format!("k{}", request % 4),
-                        value: request.to_string(),
-                        session: None,
-                    };
+                    let command = self.next_write(request);
                     let id = self.nodes[i].id;
                     if let Some((index, term)) = self.nodes[i].core.as_mut().and_then(|c| c.propose(command, request)) {
                         self.proposals.insert(request, (id, index, term));
@@ -835,6 +942,8 @@ fn run_many(seeds: std::ops::Range<u64>, members: usize, steps: usize) -> Stats 
                 total.acknowledged += stats.acknowledged;
                 total.reads += stats.reads;
                 total.values_checked += stats.values_checked;
+                total.session_answers_checked += stats.session_answers_checked;
+                total.session_retries_committed += stats.session_retries_committed;
                 total.elections += stats.elections;
                 total.crashes += stats.crashes;
                 total.snapshots += stats.snapshots;
@@ -848,8 +957,11 @@ fn run_many(seeds: std::ops::Range<u64>, members: usize, steps: usize) -> Stats 
 
 fn assert_not_vacuous(stats: &Stats) {
     eprintln!(
-        "acknowledged {}, reads {} ({} values checked), elections {}, crashes {}, snapshots {}, durable losses {}",
+        "acknowledged {} ({} session answers checked, {} committed session retries), reads {} ({} values checked), \
+         elections {}, crashes {}, snapshots {}, durable losses {}",
         stats.acknowledged,
+        stats.session_answers_checked,
+        stats.session_retries_committed,
         stats.reads,
         stats.values_checked,
         stats.elections,
@@ -867,6 +979,16 @@ fn assert_not_vacuous(stats: &Stats) {
         stats.values_checked > 100,
         "too few read values checked: {}",
         stats.values_checked
+    );
+    assert!(
+        stats.session_answers_checked > 100,
+        "too few session answers checked: {}",
+        stats.session_answers_checked
+    );
+    assert!(
+        stats.session_retries_committed > 10,
+        "too few committed session retries: {}",
+        stats.session_retries_committed
     );
     assert!(stats.crashes > 50, "too few crashes: {}", stats.crashes);
     assert!(stats.snapshots > 0, "no snapshot was ever installed");
