@@ -1070,7 +1070,8 @@ fn long_simulation() {
     let three = run_many(0..seeds, 3, steps);
     let five = run_many(1 << 32..(1 << 32) + seeds / 2, 5, steps);
     println!(
-        "{} + {} seeds x {steps} steps in {:?}: acknowledged {} + {}, reads {} + {}, crashes {} + {}, violations 0",
+        "{} + {} seeds x {steps} steps in {:?}: acknowledged {} + {}, reads {} + {}, crashes {} + {}, \
+         session answers checked {} + {}, committed session retries {} + {}, violations 0",
         seeds,
         seeds / 2,
         start.elapsed(),
@@ -1079,6 +1080,10 @@ fn long_simulation() {
         three.reads,
         five.reads,
         three.crashes,
-        five.crashes
+        five.crashes,
+        three.session_answers_checked,
+        five.session_answers_checked,
+        three.session_retries_committed,
+        five.session_retries_committed
     );
 }

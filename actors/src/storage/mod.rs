@@ -1,6 +1,7 @@
 //! Durable storage of one node: the write-ahead log of the replicated log, and
 //! the state store behind one trait.
 
+pub mod disk;
 pub mod mongo_store;
 pub mod redb_store;
 pub mod wal;

@@ -14,9 +14,12 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
+use super::disk::{Disk, OsDisk, SimulatedDisk};
 use super::{FlushBatch, Store, StoreError, StoredSessions, StoredState};
 
 const DB_FILE: &str = "state.redb";
+/// A database being created, before it is renamed to [`DB_FILE`].
+const NEW_DB_FILE: &str = "state.redb.new";
 const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -33,10 +36,45 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens the store in `dir`, creating the directory and database if missing.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(engine)?;
+        let db = open_or_create(&OsDisk, dir, |path| Database::create(path).map_err(engine))?;
         Ok(RedbStore { db })
     }
+
+    /// The same store on a simulated disk that loses power (for tests).
+    pub fn open_simulated(disk: &SimulatedDisk, dir: &Path) -> Result<RedbStore, StoreError> {
+        let db = open_or_create(disk, dir, |path| {
+            redb::Builder::new()
+                .create_with_backend(disk.open(path)?)
+                .map_err(engine)
+        })?;
+        Ok(RedbStore { db })
+    }
+}
+
+/// Opens `<dir>/state.redb` with `open_db`, first creating it whole if it
+/// is missing: made under another name and renamed, with the directory
+/// synced, so that a crash during creation leaves no half-made database
+/// (which would not open again) and a power cut cannot take the new file's
+/// name, and with it the store, once the log was trimmed on its strength.
+fn open_or_create<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    open_db: impl Fn(&Path) -> Result<Database, StoreError>,
+) -> Result<Database, StoreError> {
+    disk.create_dir_all(dir)?;
+    let path = dir.join(DB_FILE);
+    if !disk.exists(&path)? {
+        let fresh = dir.join(NEW_DB_FILE);
+        match disk.remove_file(&fresh) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(open_db(&fresh)?);
+        disk.rename(&fresh, &path)?;
+        disk.sync_dir(dir)?;
+    }
+    open_db(&path)
 }
 
 /// redb has one error type per operation; all convert into `redb::Error`.

@@ -55,13 +55,12 @@
 //! renames it over `wal.log`. A `wal.log.tmp` found at open is the remnant of
 //! a rewrite that never reached its rename, so it is deleted.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use protocol::{Entry, LogIndex, Term};
 
+use super::disk::{Disk, DiskFile, OsDisk};
 use crate::raft::HardState;
 
 /// Largest payload accepted, on write and on replay (a larger length is corruption).
@@ -130,9 +129,12 @@ pub struct Recovered {
     pub lost_synced: Option<u64>,
 }
 
-pub struct Wal {
+/// The log on a [`Disk`]: the real file system unless a test runs it on a
+/// simulated one that loses power.
+pub struct Wal<D: Disk = OsDisk> {
+    disk: D,
     dir: PathBuf,
-    file: File,
+    file: D::File,
     /// End of the records: where the next one is written.
     len: u64,
     /// Size of the file; `len..allocated` is zeros.
@@ -154,7 +156,7 @@ impl Wal {
     /// Opens (creating dir and file if missing), replays every record, verifies checksums, and if
     /// the tail is torn or corrupt, truncates the file at the start of the first bad record.
     pub fn open(dir: &Path) -> Result<(Wal, Recovered), WalError> {
-        Wal::open_marking_damage(dir, |hard| hard)
+        Wal::open_on(OsDisk, dir, |hard| hard)
     }
 
     /// [`Wal::open`], and if the cut takes synced records, `mark` rewrites
@@ -167,27 +169,32 @@ impl Wal {
         dir: &Path,
         mark: impl FnOnce(HardState) -> HardState,
     ) -> Result<(Wal, Recovered), WalError> {
-        fs::create_dir_all(dir)?;
-        match fs::remove_file(dir.join(TMP_FILE)) {
+        Wal::open_on(OsDisk, dir, mark)
+    }
+}
+
+impl<D: Disk> Wal<D> {
+    /// [`Wal::open_marking_damage`] on `disk`.
+    pub fn open_on(
+        disk: D,
+        dir: &Path,
+        mark: impl FnOnce(HardState) -> HardState,
+    ) -> Result<(Wal<D>, Recovered), WalError> {
+        disk.create_dir_all(dir)?;
+        match disk.remove_file(&dir.join(TMP_FILE)) {
             Ok(()) => tracing::warn!(dir = %dir.display(), "removed a stale {TMP_FILE} left by an unfinished rewrite"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
 
         let path = dir.join(WAL_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let mut file = disk.open(&path)?;
         // The file's directory entry must be durable, or synced records could
         // vanish with it: a new file, or a rewrite whose rename a killed
         // process never synced, would bring the old file back after a power cut.
-        sync_dir(dir)?;
+        disk.sync_dir(dir)?;
 
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        let mut bytes = file.read_all()?;
         let (mut recovered, valid, mut recorded_synced) = replay(&bytes);
         let total = bytes.len() as u64;
         let mut len = valid;
@@ -216,8 +223,8 @@ impl Wal {
             // The claims cut with the tail are gone from the file.
             recorded_synced = recorded_synced.min(bytes.len() as u64);
             // Synced before its rename, like every replacement.
-            write_tmp(dir, &bytes)?;
-            file = install_tmp(dir)?;
+            write_tmp(&disk, dir, &bytes)?;
+            file = install_tmp(&disk, dir)?;
             len = bytes.len() as u64;
             allocated = len + PREALLOC_BYTES;
         } else {
@@ -228,6 +235,7 @@ impl Wal {
         }
 
         let wal = Wal {
+            disk,
             dir: dir.to_path_buf(),
             file,
             len,
@@ -341,9 +349,9 @@ impl Wal {
         }
 
         let len = self.buf.len() as u64;
-        write_tmp(&self.dir, &self.buf)?;
+        write_tmp(&self.disk, &self.dir, &self.buf)?;
         // Up to here a failure leaves the old file in charge; from the rename on it does not.
-        match install_tmp(&self.dir) {
+        match install_tmp(&self.disk, &self.dir) {
             Ok(file) => {
                 self.file = file;
                 // The new file was synced before its rename; the old one's unsynced tail is in it.
@@ -461,29 +469,25 @@ fn synced_claim_after(bytes: &[u8], damage: usize) -> Option<u64> {
 }
 
 /// Writes `content` and a zeroed preallocation to `<dir>/wal.log.tmp`, synced.
-fn write_tmp(dir: &Path, content: &[u8]) -> io::Result<()> {
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dir.join(TMP_FILE))?;
-    out.write_all(content)?;
+fn write_tmp(disk: &impl Disk, dir: &Path, content: &[u8]) -> io::Result<()> {
+    let out = disk.create(&dir.join(TMP_FILE))?;
+    out.write_all_at(content, 0)?;
     let len = content.len() as u64;
     write_zeros(&out, len, len + PREALLOC_BYTES)?;
     out.sync_all()
 }
 
 /// Renames `wal.log.tmp` over `wal.log`, makes the rename durable, and opens the result.
-fn install_tmp(dir: &Path) -> io::Result<File> {
+fn install_tmp<D: Disk>(disk: &D, dir: &Path) -> io::Result<D::File> {
     let path = dir.join(WAL_FILE);
-    fs::rename(dir.join(TMP_FILE), &path)?;
-    sync_dir(dir)?;
-    OpenOptions::new().read(true).write(true).open(&path)
+    disk.rename(&dir.join(TMP_FILE), &path)?;
+    disk.sync_dir(dir)?;
+    disk.open(&path)
 }
 
 /// Writes zeros over `from..to` of `file` (real blocks, not a hole: a hole
 /// would be allocated, and the inode written, by the first fsync into it).
-fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+fn write_zeros(file: &impl DiskFile, from: u64, to: u64) -> io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let mut at = from;
     while at < to {
@@ -519,12 +523,10 @@ fn read_header(bytes: &[u8], pos: usize) -> Option<(usize, u32)> {
     Some((len, crc))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use protocol::Command;
 
     use super::*;
