@@ -27,14 +27,17 @@ use crate::storage::Store;
 use crate::storage::{FlushBatch, StoreError, StoredState};
 
 enum StoreJob {
-    Flush(FlushBatch),
+    /// Write these changes, after any the store failed to write before
+    /// (None: only retry those).
+    Flush(Option<FlushBatch>),
     Replace(StoredState, oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// The store thread finished a flush; a failed batch comes back to be retried.
+/// The store thread finished a flush; on failure, the applied index of the
+/// batch it keeps for the next attempt.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct FlushDone(Result<LogIndex, (String, FlushBatch)>);
+struct FlushDone(Result<LogIndex, (String, LogIndex)>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -60,8 +63,6 @@ pub struct CommitActor {
     /// Highest index handed to the store thread (a flush in flight or done).
     flush_requested: LogIndex,
     flush_in_flight: bool,
-    /// A batch the store failed to write: it goes out again with the next one.
-    failed_batch: Option<FlushBatch>,
     /// Flushes failed in a row, and when the next attempt may start.
     flush_failures: u32,
     retry_at: Option<Instant>,
@@ -80,22 +81,7 @@ impl CommitActor {
         let me = ctx.address();
         let store_thread = std::thread::Builder::new()
             .name(format!("store-{}", settings.node_id))
-            .spawn(move || {
-                for job in queue {
-                    match job {
-                        StoreJob::Flush(batch) => {
-                            let result = match store.flush(&batch) {
-                                Ok(()) => Ok(batch.applied_index),
-                                Err(e) => Err((e.to_string(), batch)),
-                            };
-                            me.do_send(FlushDone(result));
-                        }
-                        StoreJob::Replace(state, done) => {
-                            let _ = done.send(replace_with_retries(store.as_mut(), &state));
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || store_loop(store.as_mut(), queue, |result| me.do_send(FlushDone(result))))?;
         let flushed = state.applied_index();
         Ok(CommitActor {
             settings,
@@ -109,7 +95,6 @@ impl CommitActor {
             flushed,
             flush_requested: flushed,
             flush_in_flight: false,
-            failed_batch: None,
             flush_failures: 0,
             retry_at: None,
         })
@@ -137,21 +122,22 @@ impl CommitActor {
             Ok(fresh) => fresh,
             Err(e) => fatal(&format!("state could not be encoded for a flush: {e}")),
         };
-        let batch = match (self.failed_batch.take(), fresh) {
-            (Some(failed), Some(fresh)) => failed.then(fresh),
-            (Some(failed), None) => failed,
-            (None, Some(fresh)) => fresh,
-            (None, None) => return,
-        };
-        self.flush_requested = batch.applied_index;
+        // After a failure the store thread holds what it could not write: ask it to retry.
+        if fresh.is_none() && self.flush_failures == 0 {
+            return;
+        }
+        if let Some(batch) = &fresh {
+            self.flush_requested = batch.applied_index;
+            debug!(
+                applied = batch.applied_index,
+                upserts = batch.upserts.len(),
+                deletes = batch.deletes.len(),
+                sessions = batch.session_upserts.len() + batch.session_deletes.len(),
+                "flushing state store"
+            );
+        }
         self.flush_in_flight = true;
-        debug!(
-            applied = batch.applied_index,
-            upserts = batch.upserts.len(),
-            deletes = batch.deletes.len(),
-            "flushing state store"
-        );
-        self.send_store_job(StoreJob::Flush(batch));
+        self.send_store_job(StoreJob::Flush(fresh));
     }
 
     /// Applied entries not in the store yet (they are in the log).
@@ -184,7 +170,9 @@ impl Actor for CommitActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        // A clean shutdown flushes what it can, so the next start replays less.
+        // A clean shutdown flushes what it can, so the next start replays
+        // less. A flush still in flight is ahead of this one on the store
+        // thread, which carries what it fails to write into this one.
         self.flush_in_flight = false;
         self.start_flush();
         self.store_jobs.take();
@@ -294,17 +282,17 @@ impl Handler<FlushDone> for CommitActor {
                 self.retry_at = None;
                 self.election.do_send(Flushed(self.flushed));
             }
-            Err((_, batch)) if batch.applied_index <= self.flushed => {
+            Err((_, index)) if index <= self.flushed => {
                 // Superseded by a snapshot install, which replaced the whole store.
             }
-            Err((e, batch)) => {
+            Err((e, index)) => {
                 // The log still holds everything (it is trimmed only up to `flushed`):
                 // keep serving and write the same changes again after a backoff.
                 self.flush_failures = self.flush_failures.saturating_add(1);
                 let backoff = retry_backoff(self.settings.commit_interval, self.flush_failures);
                 self.retry_at = Some(Instant::now() + backoff);
                 warn!(
-                    applied = batch.applied_index,
+                    applied = index,
                     flushed = self.flushed,
                     unflushed = self.unflushed(),
                     failures = self.flush_failures,
@@ -312,10 +300,6 @@ impl Handler<FlushDone> for CommitActor {
                     error = %e,
                     "state store flush failed, will retry"
                 );
-                self.failed_batch = Some(match self.failed_batch.take() {
-                    Some(newer) => batch.then(newer),
-                    None => batch,
-                });
             }
         }
     }
@@ -352,7 +336,6 @@ impl Handler<InstallSnapshot> for CommitActor {
         );
         drop_elsewhere(std::mem::replace(&mut self.state, state));
         self.view.set_applied(self.state.applied_index());
-        self.failed_batch = None;
         self.flush_failures = 0;
         self.retry_at = None;
         // Writes waiting at or below the snapshot were settled elsewhere; we cannot tell their answer.
@@ -392,6 +375,48 @@ impl Handler<GetApplyStatus> for CommitActor {
     }
 }
 
+/// The store thread: runs jobs in order and reports each flush's outcome.
+/// Changes the store failed to write are kept here, not by the actor, so
+/// that every later flush carries them (the last one at shutdown included,
+/// even if the actor never hears of the failure).
+fn store_loop(
+    store: &mut dyn Store,
+    queue: mpsc::Receiver<StoreJob>,
+    report: impl Fn(Result<LogIndex, (String, LogIndex)>),
+) {
+    let mut unwritten: Option<FlushBatch> = None;
+    for job in queue {
+        match job {
+            StoreJob::Flush(fresh) => {
+                let batch = match (unwritten.take(), fresh) {
+                    (Some(failed), Some(fresh)) => failed.then(fresh),
+                    (failed, fresh) => match failed.or(fresh) {
+                        Some(batch) => batch,
+                        None => {
+                            // Nothing is unwritten (a snapshot covered it): done.
+                            report(Ok(0));
+                            continue;
+                        }
+                    },
+                };
+                match store.flush(&batch) {
+                    Ok(()) => report(Ok(batch.applied_index)),
+                    Err(e) => {
+                        let index = batch.applied_index;
+                        unwritten = Some(batch);
+                        report(Err((e.to_string(), index)));
+                    }
+                }
+            }
+            StoreJob::Replace(state, done) => {
+                // The snapshot holds every change of a failed batch at or below it.
+                unwritten = unwritten.filter(|batch| batch.applied_index > state.applied_index);
+                let _ = done.send(replace_with_retries(store, &state));
+            }
+        }
+    }
+}
+
 /// The wait before the next attempt after `failures` failed flushes in a row:
 /// the commit interval, doubled per failure, at most [`MAX_RETRY_BACKOFF`].
 fn retry_backoff(commit_interval: Duration, failures: u32) -> Duration {
@@ -427,6 +452,91 @@ fn replace_with_retries(store: &mut dyn Store, state: &StoredState) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that fails its first `failures` flushes and keeps what the others wrote.
+    struct FlakyStore {
+        failures: usize,
+        held: StoredState,
+    }
+
+    impl Store for FlakyStore {
+        fn load(&mut self) -> Result<StoredState, StoreError> {
+            Ok(self.held.clone())
+        }
+
+        fn flush(&mut self, batch: &FlushBatch) -> Result<(), StoreError> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(StoreError::Engine("down".into()));
+            }
+            self.held.absorb(batch);
+            Ok(())
+        }
+
+        fn replace(&mut self, state: &StoredState) -> Result<(), StoreError> {
+            self.held = state.clone();
+            Ok(())
+        }
+    }
+
+    fn batch(index: LogIndex, key: &str, session: u64) -> FlushBatch {
+        FlushBatch {
+            applied_index: index,
+            applied_term: 1,
+            upserts: vec![(key.to_string(), index.to_string())],
+            session_upserts: vec![(session, vec![index as u8])],
+            ..FlushBatch::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_is_carried_into_the_next_one_even_if_nobody_retries_it() {
+        let mut store = FlakyStore {
+            failures: 1,
+            held: StoredState::default(),
+        };
+        let (jobs, queue) = mpsc::channel();
+        // The shutdown case: a flush is in flight when the last one is queued,
+        // and the first fails; nobody hears of it before the second runs.
+        jobs.send(StoreJob::Flush(Some(batch(2, "a", 1)))).unwrap();
+        jobs.send(StoreJob::Flush(Some(batch(3, "b", 2)))).unwrap();
+        // A retry with nothing new, after everything was written, is answered too.
+        jobs.send(StoreJob::Flush(None)).unwrap();
+        drop(jobs);
+        let reports = std::cell::RefCell::new(Vec::new());
+        store_loop(&mut store, queue, |result| {
+            reports.borrow_mut().push(result.map_err(|(_, i)| i))
+        });
+        assert_eq!(reports.into_inner(), [Err(2), Ok(3), Ok(0)]);
+        let mut expected = StoredState::default();
+        expected.absorb(&batch(2, "a", 1));
+        expected.absorb(&batch(3, "b", 2));
+        assert_eq!(
+            store.held, expected,
+            "the failed batch's keys and sessions were written"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_install_drops_a_failed_batch_it_covers() {
+        let mut store = FlakyStore {
+            failures: 1,
+            held: StoredState::default(),
+        };
+        let (jobs, queue) = mpsc::channel();
+        let (done, _installed) = oneshot::channel();
+        jobs.send(StoreJob::Flush(Some(batch(2, "a", 1)))).unwrap();
+        let snapshot = StoredState {
+            applied_index: 10,
+            applied_term: 2,
+            ..StoredState::default()
+        };
+        jobs.send(StoreJob::Replace(snapshot.clone(), done)).unwrap();
+        jobs.send(StoreJob::Flush(None)).unwrap();
+        drop(jobs);
+        store_loop(&mut store, queue, |_| {});
+        assert_eq!(store.held, snapshot, "the stale batch is not written over the snapshot");
+    }
 
     #[test]
     fn retry_backoff_doubles_up_to_the_cap() {

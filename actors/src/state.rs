@@ -128,6 +128,11 @@ fn decode_legacy_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
 impl StateMachine {
     pub fn from_stored(stored: StoredState) -> Result<Self, StateError> {
         let legacy = !stored.sessions.legacy_table.is_empty();
+        let stale_rows: Vec<u64> = if legacy {
+            stored.sessions.rows.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         let table = if legacy {
             decode_legacy_table(&stored.sessions.legacy_table)?
         } else {
@@ -142,8 +147,11 @@ impl StateMachine {
         };
         let mut state = StateMachine::from_parts((stored.applied_index, stored.applied_term), stored.data, table);
         if legacy {
-            // The first flush rewrites the blob as one row per session.
+            // The first flush rewrites the blob as one row per session, and
+            // deletes any row beside it (left by a newer version before a
+            // downgrade wrote the blob again): the blob is the table.
             state.dirty_sessions = state.sessions.keys().copied().collect();
+            state.dirty_sessions.extend(stale_rows);
         }
         Ok(state)
     }
@@ -703,14 +711,18 @@ mod tests {
             data: sm.data.clone(),
             sessions: StoredSessions {
                 legacy_table: blob,
+                // A row a newer version left before a downgrade wrote the blob again.
+                rows: BTreeMap::from([(999, vec![0xc0])]),
                 ..StoredSessions::default()
             },
         };
         let mut upgraded = StateMachine::from_stored(stored.clone()).unwrap();
         assert_eq!(upgraded.session_count(), (20, 3));
-        // Nothing new was applied, yet the first flush writes every session as a row.
+        // Nothing new was applied, yet the first flush writes every session as
+        // a row, and deletes the row the blob does not hold.
         let batch = upgraded.take_flush_batch(20).unwrap().unwrap();
         assert_eq!(batch.session_upserts.len(), 20);
+        assert_eq!(batch.session_deletes, [999]);
         assert_eq!(batch.evicted_through, 3);
         stored.absorb(&batch);
         assert!(stored.sessions.legacy_table.is_empty());

@@ -113,8 +113,6 @@ impl Engine {
     }
 }
 
-/// Where the `kvs-node` binary is: `KVS_NODE_BIN`, or beside the test
-/// executable's `deps/` folder (`target/<profile>/kvs-node`).
 /// Whether this runs under CI (`CI` set), where tests that need a service fail instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
@@ -141,6 +139,8 @@ pub fn test_mongodb_uri() -> Option<String> {
     )
 }
 
+/// Where the `kvs-node` binary is: `KVS_NODE_BIN`, or beside the test
+/// executable's `deps/` folder (`target/<profile>/kvs-node`).
 pub fn node_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KVS_NODE_BIN") {
         let path = PathBuf::from(path);

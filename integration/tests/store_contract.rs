@@ -122,7 +122,8 @@ fn contract(reopen: Reopen) {
     };
     flush_and_check(&mut store, &mut model, &second);
 
-    // A retried flush (the same batch again, then merged with the next) is idempotent.
+    // A batch written again, merged with the next one (as a retry after a
+    // failed flush sends it), is idempotent.
     let third = FlushBatch {
         applied_index: 30,
         applied_term: 3,

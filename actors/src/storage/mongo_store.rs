@@ -29,8 +29,9 @@
 //!
 //! A flush writes the batch's upserts (`update` commands of ordered
 //! replacements, the `_id` inside each replacement) and deletes (`delete`
-//! commands), then replaces the meta document with the batch's applied index
-//! and session table. A crash (or a failed write) between the two leaves data
+//! commands), then the changed sessions' new versions (below), then replaces
+//! the meta document with the batch's applied index. A crash (or a failed
+//! write) between the two leaves data
 //! newer than the recorded applied index. That is safe: recovery reads the old
 //! applied index and the write-ahead log, which is never trimmed past what
 //! the meta document records (the node reports a flush only once it
@@ -39,9 +40,9 @@
 //! index over a mix of old and new values ends in the new values: a key
 //! written in that range gets its last write again, and a key not written
 //! there has the same value in both. Nothing is lost and nothing is applied
-//! twice in effect. The session table travels with the meta document, so it
-//! is always the one of the recorded applied index, and the replayed session
-//! writes are recorded once. One imprecision remains: a session write replayed
+//! twice in effect. The sessions in force are always those of the recorded
+//! applied index (see "Sessions"), so the replayed session writes are
+//! recorded once. One imprecision remains: a session write replayed
 //! from that window computes its remembered old value from the newer data, so
 //! a client that retries exactly that write, after exactly such a crash, may
 //! be told a newer old value (its write is still applied once).
@@ -372,7 +373,7 @@ impl Store for MongoStore {
         let Some(meta) = self.read_meta()? else {
             // Nothing was ever flushed; keys written before a first meta write
             // (a crash in between) are replayed from the log over whatever is
-            // there. Session rows of such a flush are all above index 0: discarded.
+            // there. Session rows of such a flush are not in force: discarded.
             let active = Active::default();
             self.active = Some(active.clone());
             let mut state = self.load_data(&active, StoredState::default())?;
@@ -460,6 +461,10 @@ impl Store for MongoStore {
     }
 
     fn replace(&mut self, state: &StoredState) -> Result<(), StoreError> {
+        // Read again, not cached: a failed attempt may have switched the meta
+        // document before its reply was lost, and a retry that took the
+        // cached generation would drop the collections now in force.
+        self.active = None;
         let old = self.active()?;
         let generation = old.generation + 1;
         let new = Active {
@@ -559,6 +564,17 @@ impl RowVersions {
         };
         let part = u32::try_from(get_u64(document, "part")?)
             .map_err(|_| corrupt("session row with a part number past 2^32".to_string()))?;
+        // Versions are deleted by the ids their fields give, so a row whose
+        // id disagrees could outlive its deletion and come back into force.
+        let id = row_id(client, version.flush, part);
+        if document.get_str("_id").ok() != Some(id.as_str()) || part >= version.parts.max(1) {
+            return Err(corrupt(format!(
+                "session row {:?} does not match its fields (client {client:016x}, flush {}, part {part} of {})",
+                document.get("_id"),
+                version.flush,
+                version.parts
+            )));
+        }
         let bytes = if version.parts == 0 {
             Vec::new()
         } else {
@@ -743,7 +759,8 @@ fn chunks(statements: Vec<Document>) -> Vec<Vec<Document>> {
     let mut current = Vec::new();
     let mut bytes = 0;
     for statement in statements {
-        // Keys and values are bounded by the cluster's limits (KiB), far below a command's 16 MiB.
+        // Keys and values are bounded by the cluster's limits (KiB) and session row parts by
+        // ROW_PART_BYTES (about 5.6 MB as base64): each fits a command's 16 MiB.
         let size = approximate_size(&statement);
         if !current.is_empty() && (current.len() >= MAX_STATEMENTS || bytes + size > MAX_COMMAND_BYTES) {
             out.push(std::mem::take(&mut current));
