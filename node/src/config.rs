@@ -229,6 +229,14 @@ impl ClusterFile {
                 protocol::codec::MAX_CLIENT_FRAME / 2
             ));
         }
+        // A snapshot chunk and its envelope must fit, or a lagging follower never catches up.
+        let min_peer_frame = 2 * protocol::SNAPSHOT_CHUNK_BYTES;
+        if c.max_peer_frame_bytes < min_peer_frame {
+            return invalid(format!(
+                "max_peer_frame_bytes must be at least {min_peer_frame} (a snapshot chunk is {} bytes)",
+                protocol::SNAPSHOT_CHUNK_BYTES
+            ));
+        }
         if c.max_batch_entries == 0 || c.max_inflight_entries == 0 {
             return invalid("max_batch_entries and max_inflight_entries must not be 0".into());
         }
@@ -485,6 +493,11 @@ peer_addr = "127.0.0.1:6000"
         ));
         let file = ClusterFile::load(&write(dir.path(), MINIMAL)).unwrap();
         assert!(file.settings_for(7).is_err());
+        let tiny_frames = MINIMAL.replace("id = \"t\"", "id = \"t\"\nmax_peer_frame_bytes = 65536");
+        assert!(matches!(
+            ClusterFile::load(&write(dir.path(), &tiny_frames)),
+            Err(ConfigError::Invalid(message)) if message.contains("max_peer_frame_bytes")
+        ));
     }
 
     #[test]
