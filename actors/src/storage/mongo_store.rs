@@ -311,7 +311,14 @@ impl MongoStore {
 
     /// Runs one kind of write command over `statements`, in order, split into
     /// commands of bounded size; fails on any write or write-concern error.
-    fn write(&self, kind: WriteKind, collection: &str, statements: Vec<Document>) -> Result<(), StoreError> {
+    /// The statements are built as they are sent, one command at a time, so
+    /// writing a whole state (a snapshot install) never holds it all as documents.
+    fn write(
+        &self,
+        kind: WriteKind,
+        collection: &str,
+        statements: impl IntoIterator<Item = Document>,
+    ) -> Result<(), StoreError> {
         for chunk in chunks(statements) {
             let count = chunk.len();
             let command = doc! {
@@ -407,25 +414,16 @@ impl Store for MongoStore {
     fn flush(&mut self, batch: &FlushBatch) -> Result<(), StoreError> {
         let active = self.active()?;
         let index = to_i64(batch.applied_index)?;
-        let upserts = batch
-            .upserts
-            .iter()
-            .map(|(key, value)| {
-                // The `_id` is in the replacement too: some compatible servers do not take it from the filter.
-                doc! {
-                    "q": { "_id": key },
-                    "u": { "_id": key, "value": value, "index": index },
-                    "upsert": true,
-                }
-            })
-            .collect();
+        let upserts = batch.upserts.iter().map(|(key, value)| {
+            // The `_id` is in the replacement too: some compatible servers do not take it from the filter.
+            doc! {
+                "q": { "_id": key },
+                "u": { "_id": key, "value": value, "index": index },
+                "upsert": true,
+            }
+        });
         self.write(WriteKind::Update, &active.collection, upserts)?;
-        let deletes = batch
-            .deletes
-            .iter()
-            .map(|key| doc! { "q": { "_id": key }, "limit": 1 })
-            .collect();
-        self.write(WriteKind::Delete, &active.collection, deletes)?;
+        self.write(WriteKind::Delete, &active.collection, delete_by_id(&batch.deletes))?;
 
         // New session versions, invisible until the meta document records this applied index.
         let flush = batch.applied_index;
@@ -440,10 +438,10 @@ impl Store for MongoStore {
             // Remembered before the write: a failed write may still have landed.
             self.row_versions.entry(client).or_default().insert(version);
         }
-        let statements = rows
-            .into_iter()
-            .map(|row| doc! { "q": { "_id": row.get("_id").cloned().unwrap_or(Bson::Null) }, "u": row, "upsert": true })
-            .collect();
+        let statements = rows.into_iter().map(|row| {
+            let id = row.get("_id").cloned().unwrap_or(Bson::Null);
+            doc! { "q": { "_id": id }, "u": row, "upsert": true }
+        });
         self.write(WriteKind::Update, &active.sessions(), statements)?;
 
         let meta = self.meta_document(&active, batch.applied_index, batch.applied_term, batch.evicted_through)?;
@@ -482,8 +480,7 @@ impl Store for MongoStore {
         let documents = state
             .data
             .iter()
-            .map(|(key, value)| doc! { "_id": key, "value": value, "index": index })
-            .collect();
+            .map(|(key, value)| doc! { "_id": key, "value": value, "index": index });
         self.write(WriteKind::Insert, &new.collection, documents)?;
         let mut rows = Vec::new();
         let mut versions: HashMap<u64, BTreeSet<RowVersion>> = HashMap::new();
@@ -675,10 +672,7 @@ impl MongoStore {
 
     /// Deletes these versions; on failure they are remembered again, to be retried.
     fn delete_rows(&mut self, active: &Active, rows: Vec<(u64, RowVersion)>) -> Result<(), StoreError> {
-        let ids = rows
-            .iter()
-            .flat_map(|(client, version)| version.document_ids(*client))
-            .collect();
+        let ids = rows.iter().flat_map(|(client, version)| version.document_ids(*client));
         let result = self.write(WriteKind::Delete, &active.sessions(), delete_by_id(ids));
         if result.is_err() {
             for (client, version) in rows {
@@ -722,10 +716,10 @@ impl MongoStore {
     }
 }
 
-fn delete_by_id(ids: Vec<String>) -> Vec<Document> {
+/// Statements deleting the documents with these `_id`s.
+fn delete_by_id<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> impl Iterator<Item = Document> {
     ids.into_iter()
-        .map(|id| doc! { "q": { "_id": id }, "limit": 1 })
-        .collect()
+        .map(|id| doc! { "q": { "_id": id.as_ref() }, "limit": 1 })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -753,26 +747,24 @@ impl WriteKind {
     }
 }
 
-/// Splits statements into commands of at most [`MAX_STATEMENTS`] and about [`MAX_COMMAND_BYTES`].
-fn chunks(statements: Vec<Document>) -> Vec<Vec<Document>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for statement in statements {
-        // Keys and values are bounded by the cluster's limits (KiB) and session row parts by
-        // ROW_PART_BYTES (about 5.6 MB as base64): each fits a command's 16 MiB.
-        let size = approximate_size(&statement);
-        if !current.is_empty() && (current.len() >= MAX_STATEMENTS || bytes + size > MAX_COMMAND_BYTES) {
-            out.push(std::mem::take(&mut current));
-            bytes = 0;
+/// Splits statements, lazily, into commands of at most [`MAX_STATEMENTS`] and about [`MAX_COMMAND_BYTES`].
+fn chunks(statements: impl IntoIterator<Item = Document>) -> impl Iterator<Item = Vec<Document>> {
+    let mut statements = statements.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let mut current = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = statements.peek() {
+            // Keys and values are bounded by the cluster's limits (KiB) and session row parts by
+            // ROW_PART_BYTES (about 5.6 MB as base64): each fits a command's 16 MiB.
+            let size = approximate_size(next);
+            if !current.is_empty() && (current.len() >= MAX_STATEMENTS || bytes + size > MAX_COMMAND_BYTES) {
+                break;
+            }
+            bytes += size;
+            current.extend(statements.next());
         }
-        bytes += size;
-        current.push(statement);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
+        (!current.is_empty()).then_some(current)
+    })
 }
 
 fn approximate_size(document: &Document) -> usize {
@@ -998,11 +990,11 @@ mod tests {
     #[test]
     fn commands_are_split_by_count_and_size() {
         let small: Vec<Document> = (0..25_000).map(|i| doc! { "_id": i.to_string() }).collect();
-        let sizes: Vec<usize> = chunks(small).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = chunks(small).map(|c| c.len()).collect();
         assert_eq!(sizes, [10_000, 10_000, 5_000]);
         let value = "v".repeat(1 << 20);
         let large: Vec<Document> = (0..20).map(|i| doc! { "_id": i, "value": &value }).collect();
-        let split = chunks(large);
+        let split: Vec<Vec<Document>> = chunks(large).collect();
         assert!(split.len() >= 3, "{} commands", split.len());
         assert!(split.iter().all(|c| c.len() <= 8));
         assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 20);
