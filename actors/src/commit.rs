@@ -174,7 +174,13 @@ impl Actor for CommitActor {
         // less. A flush still in flight is ahead of this one on the store
         // thread, which carries what it fails to write into this one.
         self.flush_in_flight = false;
-        self.start_flush();
+        let fresh = self
+            .state
+            .take_flush_batch(self.flush_requested)
+            .unwrap_or_else(|e| fatal(&format!("state could not be encoded for a flush: {e}")));
+        // Sent even with nothing new: the store thread may hold a failed batch
+        // the actor has not heard of yet.
+        self.send_store_job(StoreJob::Flush(fresh));
         self.store_jobs.take();
         if let Some(thread) = self.store_thread.take() {
             let _ = thread.join();
@@ -399,7 +405,11 @@ fn store_loop(
                         }
                     },
                 };
-                match store.flush(&batch) {
+                // A store that panics (redb does on some damage) is in an unknown
+                // state: stop the node rather than let flushing stop unseen.
+                let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.flush(&batch)))
+                    .unwrap_or_else(|_| fatal("the state store panicked during a flush"));
+                match flushed {
                     Ok(()) => report(Ok(batch.applied_index)),
                     Err(e) => {
                         let index = batch.applied_index;
@@ -409,8 +419,10 @@ fn store_loop(
                 }
             }
             StoreJob::Replace(state, done) => {
-                // The snapshot holds every change of a failed batch at or below it.
-                unwritten = unwritten.filter(|batch| batch.applied_index > state.applied_index);
+                // A snapshot is installed only above the commit index, so it
+                // holds every change of a failed batch; and such a batch,
+                // made against the store before it, must not be written after it.
+                unwritten = None;
                 let _ = done.send(replace_with_retries(store, &state));
             }
         }

@@ -16,7 +16,7 @@
 //! checks that everything acknowledged survived catches a missing or
 //! misplaced fsync.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub trait Disk: Send + 'static {
     type File: DiskFile;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// The length of the file at `path`, None if there is none.
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>>;
     /// Removes a file; `NotFound` if there is none.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Opens a file for reading and writing, creating it (empty) if missing.
@@ -62,8 +63,12 @@ impl Disk for OsDisk {
         fs::create_dir_all(dir)
     }
 
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        path.try_exists()
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
+        match fs::metadata(path) {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -176,7 +181,9 @@ impl Change {
 
 #[derive(Debug, Default)]
 struct DiskState {
-    inodes: HashMap<u64, Inode>,
+    /// Ordered, so that a power cut visits files in the same order every run
+    /// (a seeded test replays exactly).
+    inodes: BTreeMap<u64, Inode>,
     next_inode: u64,
     /// Directory entries now, and as a power cut leaves them.
     names: BTreeMap<PathBuf, u64>,
@@ -205,6 +212,29 @@ impl DiskState {
             }
         }
         Ok(())
+    }
+
+    /// Drops files no name points at and gives every named file a new inode
+    /// number, so that handles opened before (a process that is gone) fail.
+    fn renumber(&mut self) {
+        let named: BTreeSet<u64> = self
+            .names
+            .values()
+            .chain(self.durable_names.values())
+            .copied()
+            .collect();
+        self.inodes.retain(|id, _| named.contains(id));
+        let mut renumbered = BTreeMap::new();
+        for (old, inode) in std::mem::take(&mut self.inodes) {
+            renumbered.insert(old, self.next_inode);
+            self.inodes.insert(self.next_inode, inode);
+            self.next_inode += 1;
+        }
+        for id in self.names.values_mut().chain(self.durable_names.values_mut()) {
+            if let Some(&new) = renumbered.get(id) {
+                *id = new;
+            }
+        }
     }
 
     fn inode(&mut self, id: u64) -> io::Result<&mut Inode> {
@@ -282,20 +312,19 @@ impl SimulatedDisk {
             inode.durable = bytes;
         }
         state.names = state.durable_names.clone();
-        let named: BTreeSet<u64> = state.names.values().copied().collect();
-        state.inodes.retain(|id, _| named.contains(id));
-        // New handles see the new incarnation; old ones point at inodes that may be gone or reused.
-        state.next_inode += 1_000_000;
-        let live: Vec<(PathBuf, u64)> = state.names.iter().map(|(p, i)| (p.clone(), *i)).collect();
-        for (path, old) in live {
-            if let Some(inode) = state.inodes.remove(&old) {
-                let id = state.next_inode;
-                state.next_inode += 1;
-                state.inodes.insert(id, inode);
-                state.names.insert(path.clone(), id);
-                state.durable_names.insert(path, id);
-            }
-        }
+        state.renumber();
+        state.powered = true;
+        state.faults = Faults::default();
+    }
+
+    /// The process is killed but the machine stays up: every file keeps
+    /// what was written (the page cache survives), and names stay as they
+    /// are, but nothing more becomes durable by it; open handles are stale.
+    /// Faults are cleared.
+    pub fn crash(&self) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.renumber();
         state.powered = true;
         state.faults = Faults::default();
     }
@@ -318,10 +347,13 @@ impl Disk for SimulatedDisk {
         Ok(())
     }
 
-    fn exists(&self, path: &Path) -> io::Result<bool> {
+    fn file_len(&self, path: &Path) -> io::Result<Option<u64>> {
         let mut state = self.lock();
         state.begin(Operation::Other)?;
-        Ok(state.names.contains_key(path))
+        let Some(&id) = state.names.get(path) else {
+            return Ok(None);
+        };
+        Ok(Some(state.inode(id)?.current.len() as u64))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -405,7 +437,22 @@ pub struct SimulatedFile {
 impl SimulatedFile {
     fn change(&self, kind: Operation, change: Change) -> io::Result<()> {
         let mut state = self.disk.lock();
-        state.begin(kind)?;
+        let allowed = state.begin(kind);
+        if let (Err(error), Change::Write { offset, data }) = (&allowed, &change) {
+            if state.powered {
+                // An injected write error: as on Linux, part of the data may
+                // have been written before it (here, the first half).
+                let partial = Change::Write {
+                    offset: *offset,
+                    data: data[..data.len() / 2].to_vec(),
+                };
+                let inode = state.inode(self.inode)?;
+                partial.apply(&mut inode.current);
+                inode.unsynced.push(partial);
+                return Err(io::Error::new(error.kind(), error.to_string()));
+            }
+        }
+        allowed?;
         let inode = state.inode(self.inode)?;
         change.apply(&mut inode.current);
         inode.unsynced.push(change);

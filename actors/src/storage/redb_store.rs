@@ -52,10 +52,13 @@ impl RedbStore {
 }
 
 /// Opens `<dir>/state.redb` with `open_db`, first creating it whole if it
-/// is missing: made under another name and renamed, with the directory
-/// synced, so that a crash during creation leaves no half-made database
-/// (which would not open again) and a power cut cannot take the new file's
-/// name, and with it the store, once the log was trimmed on its strength.
+/// is missing (or empty: a crash before redb wrote its header): made under
+/// another name and renamed, so that a crash during creation leaves no
+/// half-made database, which would never open again. Then the directory is
+/// synced, at every open, not only after a creation: a process killed right
+/// after the rename, or a store made by an older version, may have a name
+/// that is not durable yet, and a power cut could take the store with it
+/// once the log was trimmed on its strength.
 fn open_or_create<D: Disk>(
     disk: &D,
     dir: &Path,
@@ -63,7 +66,7 @@ fn open_or_create<D: Disk>(
 ) -> Result<Database, StoreError> {
     disk.create_dir_all(dir)?;
     let path = dir.join(DB_FILE);
-    if !disk.exists(&path)? {
+    if disk.file_len(&path)?.unwrap_or(0) == 0 {
         let fresh = dir.join(NEW_DB_FILE);
         match disk.remove_file(&fresh) {
             Ok(()) => {}
@@ -72,8 +75,8 @@ fn open_or_create<D: Disk>(
         }
         drop(open_db(&fresh)?);
         disk.rename(&fresh, &path)?;
-        disk.sync_dir(dir)?;
     }
+    disk.sync_dir(dir)?;
     open_db(&path)
 }
 
