@@ -56,6 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, Role, Term};
 
 use super::log::MemLog;
+use super::quorum;
 
 /// Term and vote: what must be durable before any message depending on it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -143,7 +144,7 @@ impl Ready {
 
 /// Why an AppendEntries is being considered for one follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Send {
+enum AppendKind {
     /// Periodic or for a read round: something must go, even with no entries.
     Heartbeat,
     /// After a rejection: resend from the new next index (nothing while a snapshot is due).
@@ -484,7 +485,7 @@ impl RaftCore {
         // A leader may only count replicas of entries of its own term (invariant 6),
         // so it appends a no-op at once; reads wait for it to commit.
         self.term_start_index = self.append_local(Command::Noop, 0);
-        self.broadcast_append(Send::Heartbeat);
+        self.broadcast_append(AppendKind::Heartbeat);
         self.maybe_commit();
     }
 
@@ -515,7 +516,7 @@ impl RaftCore {
     /// Sends whatever followers are missing (call after a batch of proposals).
     pub fn replicate(&mut self) {
         if self.role == Role::Leader {
-            self.broadcast_append(Send::NewEntries);
+            self.broadcast_append(AppendKind::NewEntries);
             self.maybe_commit();
         }
     }
@@ -553,15 +554,14 @@ impl RaftCore {
         if self.quorum() == 1 {
             self.confirm_reads();
         } else {
-            self.broadcast_append(Send::Heartbeat);
+            self.broadcast_append(AppendKind::Heartbeat);
         }
     }
 
     fn confirm_reads(&mut self) {
         let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
         rounds.push(self.read_round); // the leader confirms its own round
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = rounds[self.quorum() - 1];
+        let confirmed = quorum::agreed(rounds, self.quorum());
         let (ready, waiting): (Vec<_>, Vec<_>) = self.pending_reads.drain(..).partition(|r| r.round <= confirmed);
         self.pending_reads = waiting;
         self.ready.reads.extend(ready.into_iter().map(|r| (r.id, r.index)));
@@ -581,7 +581,7 @@ impl RaftCore {
             return;
         }
         self.heartbeat_rounds += 1;
-        self.broadcast_append(Send::Heartbeat);
+        self.broadcast_append(AppendKind::Heartbeat);
     }
 
     /// Called once per election timeout while leading: a leader that has not
@@ -792,21 +792,21 @@ impl RaftCore {
 
     // ----- replication, leader side -----
 
-    fn broadcast_append(&mut self, mode: Send) {
+    fn broadcast_append(&mut self, mode: AppendKind) {
         let peers: Vec<NodeId> = self.peers().collect();
         for peer in peers {
             self.send_append(peer, mode);
         }
     }
 
-    fn send_append(&mut self, peer: NodeId, mode: Send) {
+    fn send_append(&mut self, peer: NodeId, mode: AppendKind) {
         let Some(progress) = self.progress.get(&peer) else {
             return;
         };
         let next = progress.next_index;
         if next <= self.log.start_index() {
             self.request_snapshot(peer);
-            if mode == Send::Heartbeat {
+            if mode == AppendKind::Heartbeat {
                 // Keep the follower's election timer quiet while its snapshot is on the way.
                 let (prev_log_index, prev_log_term) = (self.log.start_index(), self.log.start_term());
                 self.push_append(peer, prev_log_index, prev_log_term, Vec::new());
@@ -816,7 +816,7 @@ impl RaftCore {
         let in_flight = next.saturating_sub(progress.match_index + 1);
         let has_new = next <= self.log.last_index();
         let can_send = has_new && in_flight < self.config.max_inflight_entries;
-        if !can_send && mode == Send::NewEntries {
+        if !can_send && mode == AppendKind::NewEntries {
             return;
         }
         let entries = if can_send {
@@ -891,8 +891,7 @@ impl RaftCore {
         }
         let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
         matched.push(self.durable);
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let majority_index = matched[self.quorum() - 1];
+        let majority_index = quorum::agreed(matched, self.quorum());
         // Invariant 6: only an entry of the current term commits by counting.
         if majority_index > self.commit && self.log.term(majority_index) == Some(self.hard.term) {
             self.advance_commit(majority_index);
@@ -968,7 +967,11 @@ impl RaftCore {
         if success {
             self.maybe_commit();
         }
-        let mode = if success { Send::NewEntries } else { Send::Probe };
+        let mode = if success {
+            AppendKind::NewEntries
+        } else {
+            AppendKind::Probe
+        };
         self.send_append(from, mode);
         if self.read_round_open {
             self.confirm_reads();

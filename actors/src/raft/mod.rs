@@ -2,6 +2,7 @@
 
 mod core;
 mod log;
+mod quorum;
 
 pub use self::core::{CoreConfig, HardState, RaftCore, ReadId, Ready, SnapshotToInstall};
 pub use self::log::{encoded_size_estimate, MemLog};
