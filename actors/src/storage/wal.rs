@@ -1171,4 +1171,64 @@ mod tests {
         drop(wal);
         assert_eq!(reopen(tmp.path()).entries, vec![entry(1, 1)]);
     }
+
+    /// The bytes of every record kind, framed, pinned: the file format must
+    /// not change by accident (a changed type would make old logs unreadable,
+    /// and replay would cut them as torn).
+    #[test]
+    fn every_record_keeps_its_bytes_on_disk() {
+        let session = Some(protocol::Session {
+            client_id: 0xfeed,
+            seq: 5,
+            acked_below: 4,
+            floor: Some(12),
+        });
+        let samples = [
+            (
+                "HardState",
+                WalRecord::HardState(HardState {
+                    term: 9,
+                    voted_for: Some(2),
+                    recovering: true,
+                }),
+            ),
+            ("LogStart", WalRecord::LogStart { index: 40, term: 8 }),
+            (
+                "Entry",
+                WalRecord::Entry(Entry {
+                    index: 41,
+                    term: 9,
+                    request_id: 77,
+                    command: Command::Put {
+                        key: "k".into(),
+                        value: "v".into(),
+                        session,
+                    },
+                }),
+            ),
+            ("Synced", WalRecord::Synced { through: 1 << 20 }),
+        ];
+        let mut actual = Vec::new();
+        for (name, record) in &samples {
+            let mut bytes = Vec::new();
+            encode_into(&mut bytes, record).unwrap();
+            assert_eq!(read_record(&bytes, 0).map(|(r, _)| r).as_ref(), Some(record), "{name}");
+            actual.push((*name, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        }
+        let expected: Vec<(&str, String)> = WAL_GOLDEN.iter().map(|(n, h)| (*n, h.to_string())).collect();
+        if actual != expected {
+            for (name, bytes) in &actual {
+                println!("        (\"{name}\", \"{bytes}\"),");
+            }
+            panic!("the on-disk bytes of a WAL record changed (new bytes printed above)");
+        }
+    }
+
+    #[rustfmt::skip]
+    const WAL_GOLDEN: &[(&str, &str)] = &[
+        ("HardState", "0f00000078fbcff581a9486172645374617465930902c3"),
+        ("LogStart", "0d000000ce52b60281a84c6f675374617274922808"),
+        ("Entry", "1c0000004cad5f1d81a5456e7472799429094d81a350757493a16ba17694cdfeed05040c"),
+        ("Synced", "0e000000415db76381a653796e63656491ce00100000"),
+    ];
 }
