@@ -128,9 +128,25 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A node's state store. Every method is durable when it returns Ok: a crash
-/// afterwards loses nothing it wrote, and a crash during it leaves the
-/// previous state intact (each call is one atomic transaction).
+/// A node's state store. The contract both engines keep, checked by one
+/// suite (`integration/tests/store_contract.rs`), with [`StoredState::absorb`]
+/// as its model:
+///
+/// - **Durable on Ok.** After `flush` or `replace` returns Ok, a `load` by a
+///   new handle, after any crash, gives the model's state (or a later one).
+/// - **The applied point and the sessions move together.** After a crash or
+///   a failure during a call, `load` gives the applied index, term, eviction
+///   watermark and sessions of the state before the call or of the state
+///   after it, never a mix.
+/// - **Keys may run ahead, never behind.** redb writes each call in one
+///   transaction, so its keys move with the applied point. MongoDB has no
+///   transaction: after a crash during a flush, keys the flush wrote may be
+///   newer than the recorded applied index. That is safe because every entry
+///   after that index is still in the write-ahead log (trimmed only up to
+///   what a returned flush recorded), and replaying whole-value writes over
+///   newer values ends in the same state (see `mongo_store.rs`).
+/// - **A failed flush may be retried**, alone or merged into the next batch
+///   ([`FlushBatch::then`]): every write is idempotent.
 pub trait Store: Send + 'static {
     /// Reads everything back (at start-up).
     fn load(&mut self) -> Result<StoredState, StoreError>;

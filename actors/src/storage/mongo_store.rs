@@ -57,7 +57,7 @@
 //! that session instead of applying it, and an older value could win. So a
 //! flush at applied index F writes each changed session as a new version,
 //! `{ _id: "<client>-<F>-<part>", client, flush: F, part, parts, row }` (the
-//! row as base64, cut into parts of [`ROW_PART_BYTES`] so that no session is
+//! row as base64, cut into parts of `ROW_PART_BYTES` so that no session is
 //! bounded by a document's 16 MiB; a forgotten session is a tombstone,
 //! `parts: 0`), before the meta document. A session's state is its version
 //! with the highest `flush` at or below the recorded applied index, so a
