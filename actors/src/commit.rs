@@ -115,15 +115,20 @@ impl CommitActor {
     }
 
     fn start_flush(&mut self) {
-        if self.flush_in_flight {
-            return;
+        if !self.flush_in_flight {
+            self.send_flush(false);
         }
+    }
+
+    /// Hands the changes since the last flush to the store thread; with
+    /// nothing new, only if `even_if_nothing_new` or a flush failed (the store
+    /// thread holds what it could not write, and retries it).
+    fn send_flush(&mut self, even_if_nothing_new: bool) {
         let fresh = match self.state.take_flush_batch(self.flush_requested) {
             Ok(fresh) => fresh,
             Err(e) => fatal(&format!("state could not be encoded for a flush: {e}")),
         };
-        // After a failure the store thread holds what it could not write: ask it to retry.
-        if fresh.is_none() && self.flush_failures == 0 {
+        if fresh.is_none() && self.flush_failures == 0 && !even_if_nothing_new {
             return;
         }
         if let Some(batch) = &fresh {
@@ -173,14 +178,9 @@ impl Actor for CommitActor {
         // A clean shutdown flushes what it can, so the next start replays
         // less. A flush still in flight is ahead of this one on the store
         // thread, which carries what it fails to write into this one.
-        self.flush_in_flight = false;
-        let fresh = self
-            .state
-            .take_flush_batch(self.flush_requested)
-            .unwrap_or_else(|e| fatal(&format!("state could not be encoded for a flush: {e}")));
         // Sent even with nothing new: the store thread may hold a failed batch
         // the actor has not heard of yet.
-        self.send_store_job(StoreJob::Flush(fresh));
+        self.send_flush(true);
         self.store_jobs.take();
         if let Some(thread) = self.store_thread.take() {
             let _ = thread.join();

@@ -257,31 +257,56 @@ fn log_operations(seed: u64) -> u64 {
     disk.operations()
 }
 
-/// Runs every cut point of a few seeds; returns the violations found.
-fn log_violations(faults: &Faults, seeds: std::ops::Range<u64>) -> (u64, Vec<String>) {
+/// Runs `run(seed, cut_at)` for every operation `cut_at` of each seed's
+/// fault-free workload (`operations(seed)` of them), up to the first
+/// violation that `enough` accepts; returns how many ran and the violations.
+fn cut_point_violations(
+    seeds: std::ops::Range<u64>,
+    operations: impl Fn(u64) -> u64,
+    run: impl Fn(u64, u64) -> Result<(), String>,
+    enough: impl Fn(&str) -> bool,
+) -> (u64, Vec<String>) {
     let mut runs = 0;
     let mut violations = Vec::new();
     for seed in seeds {
-        for cut_at in 0..=log_operations(seed) {
+        for cut_at in 0..=operations(seed) {
             runs += 1;
-            if let Err(e) = log_run(seed, cut_at, faults) {
+            if let Err(e) = run(seed, cut_at) {
+                let stop = enough(&e);
                 violations.push(format!("seed {seed}, power fails at operation {cut_at}: {e}"));
+                if stop {
+                    return (runs, violations);
+                }
             }
         }
     }
     (runs, violations)
 }
 
-#[test]
-fn the_log_keeps_everything_acknowledged_at_every_power_cut_point() {
-    let (runs, violations) = log_violations(&Faults::default(), 0..4);
-    assert!(runs > 400, "only {runs} cut points");
+fn assert_no_violations(runs: u64, violations: &[String]) {
     assert!(
         violations.is_empty(),
         "{} of {runs}:\n{}",
         violations.len(),
         violations[..violations.len().min(5)].join("\n")
     );
+}
+
+/// Every cut point of a few seeds of the log workload.
+fn log_violations(faults: &Faults, seeds: std::ops::Range<u64>) -> (u64, Vec<String>) {
+    cut_point_violations(
+        seeds,
+        log_operations,
+        |seed, cut_at| log_run(seed, cut_at, faults),
+        |_| false,
+    )
+}
+
+#[test]
+fn the_log_keeps_everything_acknowledged_at_every_power_cut_point() {
+    let (runs, violations) = log_violations(&Faults::default(), 0..4);
+    assert!(runs > 400, "only {runs} cut points");
+    assert_no_violations(runs, &violations);
 }
 
 #[test]
@@ -454,50 +479,37 @@ fn store_run(seed: u64, cut_at: u64, faults: &Faults) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs every cut point of a few seeds (up to the first violation that
-/// `enough` accepts); returns how many ran and the violations found. A panic
-/// inside redb (it may panic on a file that is damaged enough) is one.
+/// Operations the store workload does when the power never fails.
+fn store_operations(seed: u64) -> u64 {
+    let disk = SimulatedDisk::default();
+    let mut store = RedbStore::open_simulated(&disk, Path::new(STATE_DIR)).expect("open");
+    store.load().expect("load");
+    store_workload(
+        &mut store,
+        &mut StdRng::seed_from_u64(seed),
+        &mut StoredState::default(),
+        &mut None,
+    )
+    .expect("no faults");
+    disk.operations()
+}
+
+/// Every cut point of a few seeds of the store workload, up to the first
+/// violation `enough` accepts. A panic inside redb (it may panic on a file
+/// that is damaged enough) is a violation.
 fn store_violations(faults: &Faults, seeds: std::ops::Range<u64>, enough: impl Fn(&str) -> bool) -> (u64, Vec<String>) {
-    let mut runs = 0;
-    let mut violations = Vec::new();
-    for seed in seeds {
-        let disk = SimulatedDisk::default();
-        let mut store = RedbStore::open_simulated(&disk, Path::new(STATE_DIR)).expect("open");
-        store.load().expect("load");
-        store_workload(
-            &mut store,
-            &mut StdRng::seed_from_u64(seed),
-            &mut StoredState::default(),
-            &mut None,
-        )
-        .expect("no faults");
-        drop(store);
-        for cut_at in 0..=disk.operations() {
-            runs += 1;
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| store_run(seed, cut_at, faults)))
-                .unwrap_or_else(|_| Err("redb panicked on what the power cut left".to_string()));
-            if let Err(e) = outcome {
-                let stop = enough(&e);
-                violations.push(format!("seed {seed}, power fails at operation {cut_at}: {e}"));
-                if stop {
-                    return (runs, violations);
-                }
-            }
-        }
-    }
-    (runs, violations)
+    let run = |seed, cut_at| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| store_run(seed, cut_at, faults)))
+            .unwrap_or_else(|_| Err("redb panicked on what the power cut left".to_string()))
+    };
+    cut_point_violations(seeds, store_operations, run, enough)
 }
 
 #[test]
 fn the_state_store_keeps_every_acknowledged_flush_at_every_power_cut_point() {
     let (runs, violations) = store_violations(&Faults::default(), 0..2, |_| false);
     assert!(runs > 100, "only {runs} cut points");
-    assert!(
-        violations.is_empty(),
-        "{} of {runs}:\n{}",
-        violations.len(),
-        violations[..violations.len().min(5)].join("\n")
-    );
+    assert_no_violations(runs, &violations);
 }
 
 #[test]

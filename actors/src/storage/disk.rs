@@ -237,6 +237,15 @@ impl DiskState {
         }
     }
 
+    /// An empty file named `path` (the name not durable yet); returns its inode.
+    fn new_file(&mut self, path: &Path) -> u64 {
+        let id = self.next_inode;
+        self.next_inode += 1;
+        self.inodes.insert(id, Inode::default());
+        self.names.insert(path.to_path_buf(), id);
+        id
+    }
+
     fn inode(&mut self, id: u64) -> io::Result<&mut Inode> {
         self.inodes
             .get_mut(&id)
@@ -370,13 +379,7 @@ impl Disk for SimulatedDisk {
         state.begin(Operation::Other)?;
         let inode = match state.names.get(path) {
             Some(&id) => id,
-            None => {
-                let id = state.next_inode;
-                state.next_inode += 1;
-                state.inodes.insert(id, Inode::default());
-                state.names.insert(path.to_path_buf(), id);
-                id
-            }
+            None => state.new_file(path),
         };
         Ok(SimulatedFile {
             disk: self.clone(),
@@ -387,14 +390,11 @@ impl Disk for SimulatedDisk {
     fn create(&self, path: &Path) -> io::Result<SimulatedFile> {
         let mut state = self.lock();
         state.begin(Operation::Other)?;
-        let id = state.next_inode;
-        state.next_inode += 1;
-        state.inodes.insert(id, Inode::default());
         // A new inode: what the old name pointed at stays as it was until the name is durable.
-        state.names.insert(path.to_path_buf(), id);
+        let inode = state.new_file(path);
         Ok(SimulatedFile {
             disk: self.clone(),
-            inode: id,
+            inode,
         })
     }
 

@@ -46,6 +46,18 @@ pub struct StoredSessions {
 }
 
 impl StoredState {
+    /// Refuses to install a state that carries a blob-era session table: a
+    /// replace writes sessions only as rows, so the blob would be lost.
+    pub fn check_replaceable(&self) -> Result<(), StoreError> {
+        if self.sessions.legacy_table.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Engine(
+                "a replacing state carries a blob-era session table; only rows are written".into(),
+            ))
+        }
+    }
+
     /// What a store holds after it flushed `batch` over this state: the
     /// contract every [`Store::flush`] keeps, and the model its tests check against.
     pub fn absorb(&mut self, batch: &FlushBatch) {

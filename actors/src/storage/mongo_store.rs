@@ -469,11 +469,7 @@ impl Store for MongoStore {
             collection: format!("kv_{generation}"),
             generation,
         };
-        if !state.sessions.legacy_table.is_empty() {
-            return Err(StoreError::Engine(
-                "a replacing state carries a blob-era session table; only rows are written".into(),
-            ));
-        }
+        state.check_replaceable()?;
         self.drop_collection(&new.collection)?;
         self.drop_collection(&new.sessions())?;
         let index = to_i64(state.applied_index)?;

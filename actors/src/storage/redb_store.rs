@@ -15,7 +15,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::disk::{Disk, OsDisk, SimulatedDisk};
-use super::{FlushBatch, Store, StoreError, StoredSessions, StoredState};
+use super::{FlushBatch, Store, StoreError, StoredState};
 
 const DB_FILE: &str = "state.redb";
 /// A database being created, before it is renamed to [`DB_FILE`].
@@ -188,6 +188,7 @@ impl Store for RedbStore {
     }
 
     fn replace(&mut self, state: &StoredState) -> Result<(), StoreError> {
+        state.check_replaceable()?;
         let txn = self.db.begin_write().map_err(engine)?;
         // Deleting a table drops every old row in one step; it is recreated below.
         txn.delete_table(KV).map_err(engine)?;
@@ -198,21 +199,16 @@ impl Store for RedbStore {
                 kv.insert(key.as_str(), value.as_str()).map_err(engine)?;
             }
             let mut sessions = txn.open_table(SESSIONS).map_err(engine)?;
-            let StoredSessions {
-                rows,
-                evicted_through,
-                legacy_table,
-            } = &state.sessions;
-            if !legacy_table.is_empty() {
-                return Err(StoreError::Engine(
-                    "a replacing state carries a blob-era session table; only rows are written".into(),
-                ));
-            }
-            for (id, row) in rows {
+            for (id, row) in &state.sessions.rows {
                 sessions.insert(*id, row.as_slice()).map_err(engine)?;
             }
             let mut meta = txn.open_table(META).map_err(engine)?;
-            write_meta(&mut meta, state.applied_index, state.applied_term, *evicted_through)?;
+            write_meta(
+                &mut meta,
+                state.applied_index,
+                state.applied_term,
+                state.sessions.evicted_through,
+            )?;
         }
         txn.commit().map_err(engine)
     }
@@ -221,7 +217,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::KvMap;
+    use crate::storage::{KvMap, StoredSessions};
 
     fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
