@@ -19,8 +19,9 @@ use protocol::{ClientError, LogIndex, Reply, Term};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn};
 
-use crate::election::{drop_elsewhere, fatal, ElectionActor};
+use crate::election::ElectionActor;
 use crate::messages::*;
+use crate::runtime::{drop_elsewhere, fatal};
 use crate::snapshot::DecodedSnapshot;
 use crate::state::StateMachine;
 use crate::storage::Store;

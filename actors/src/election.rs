@@ -23,8 +23,9 @@ use crate::gateway::ClientGateway;
 use crate::heartbeat::HeartbeatActor;
 use crate::log::LogActor;
 use crate::messages::*;
-use crate::raft::{RaftCore, ReadId, Ready};
+use crate::runtime::{drop_elsewhere, fatal};
 use crate::snapshot::{self, DecodedSnapshot, Incoming, Pacing, Seal, Transfer};
+use consensus::{RaftCore, ReadId, Ready};
 
 pub struct ElectionActor {
     settings: Arc<Settings>,
@@ -185,7 +186,7 @@ impl ElectionActor {
         for message in ready.messages.drain(..) {
             self.transport.send(message);
         }
-        if let Some(persist) = persist_request(&self.core, &mut ready) {
+        if let Some(persist) = self.core.take_persist(&mut ready) {
             if let Some(rewrite) = &persist.rewrite {
                 info!(
                     log_start = rewrite.start_index,
@@ -193,7 +194,7 @@ impl ElectionActor {
                     "log trimmed"
                 );
             }
-            self.log.do_send(persist);
+            self.log.do_send(LogWrite(persist));
         }
         if !ready.committed.is_empty() {
             if let Some(last) = ready.committed.last() {
@@ -564,59 +565,6 @@ impl ElectionActor {
             info!(index = last_index, bytes, "snapshot received whole: decoding it");
         }
     }
-}
-
-/// What the LogActor must write for `ready` (taking its writes and the
-/// messages that wait for them), or None if nothing must wait for the disk.
-///
-/// Trimming and snapshot installs replace the whole durable log by the core's
-/// log, atomically (the WAL's rewrite is write, fsync, rename): a crash halfway
-/// must not lose durable entries past the new start.
-pub fn persist_request(core: &RaftCore, ready: &mut Ready) -> Option<Persist> {
-    if ready.nothing_to_persist() && ready.after_persist.is_empty() {
-        return None;
-    }
-    let replace_log = ready.compact_to.is_some() || ready.log_reset.is_some();
-    let rewrite = replace_log.then(|| {
-        let log = core.log();
-        Rewrite {
-            hard_state: core.hard_state(),
-            start_index: log.start_index(),
-            start_term: log.start_term(),
-            entries: log.slice(log.first_index(), usize::MAX),
-        }
-    });
-    Some(Persist {
-        hard_state: ready.hard_state.take(),
-        entries: std::mem::take(&mut ready.entries),
-        rewrite,
-        then_send: std::mem::take(&mut ready.after_persist),
-    })
-}
-
-/// Drops `value` on a thread of its own: freeing a state of millions of keys
-/// takes a good part of a second, too long for the thread all actors share.
-pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
-    if let Err(e) = std::thread::Builder::new()
-        .name("drop".into())
-        .spawn(move || drop(value))
-    {
-        warn!("cannot start a thread to free memory ({e}): freeing it here");
-    }
-}
-
-/// Exit code of a node stopped by [`fatal`].
-pub const EXIT_FATAL: i32 = 70;
-
-/// A failure this node cannot recover from without losing durability: the
-/// process exits at once rather than go on unsafely. Not `System::stop`: that
-/// lets every actor go on handling what is queued in its mailbox (and, say,
-/// acknowledge appends against a log that just failed) until the system winds
-/// down. Exiting without running destructors loses nothing: only what was
-/// fsynced was ever acknowledged, and the next start recovers from the files.
-pub(crate) fn fatal(reason: &str) -> ! {
-    error!("fatal: {reason}; stopping the node");
-    std::process::exit(EXIT_FATAL)
 }
 
 impl Actor for ElectionActor {

@@ -1,11 +1,12 @@
-//! The inside of one kvs node.
+//! The inside of one kvs node, around the consensus core (the `consensus` crate).
 //!
-//! - [`raft`]: Raft's rules as a pure state machine (no I/O, no clock).
-//! - [`storage`]: the write-ahead log and the state store trait with its embedded engine.
+//! - [`storage`]: the write-ahead log, the state store contract and its two
+//!   engines (redb, MongoDB), and the file trait faults are injected through.
 //! - [`state`]: the replicated state machine (key-value map and exactly-once sessions).
 //! - the five actors, one per file: [`election`], [`heartbeat`], [`log`], [`commit`], [`gateway`],
 //!   talking only through the messages in [`messages`].
-//! - [`recovery`]: rebuilding a node from its disk at start-up.
+//! - [`startup`]: rebuilding a node from its disk at start-up.
+//! - [`runtime`]: how a node stops when it cannot go on safely.
 
 pub mod commit;
 pub mod election;
@@ -13,9 +14,9 @@ pub mod gateway;
 pub mod heartbeat;
 pub mod log;
 pub mod messages;
-pub mod raft;
-pub mod recovery;
+pub mod runtime;
 pub mod snapshot;
+pub mod startup;
 pub mod state;
 pub mod storage;
 

@@ -23,9 +23,11 @@ use actix::prelude::*;
 use protocol::{LogIndex, Term};
 use tracing::{debug, error, info, info_span};
 
-use crate::election::{fatal, ElectionActor};
-use crate::messages::{PeerTransport, Persist, Persisted, SharedView};
+use crate::election::ElectionActor;
+use crate::messages::{LogWrite, PeerTransport, Persisted, SharedView};
+use crate::runtime::fatal;
 use crate::storage::{Wal, WalError, WalRecord};
+use consensus::Persist;
 
 pub struct LogActor {
     jobs: Option<mpsc::Sender<Persist>>,
@@ -83,10 +85,10 @@ impl Actor for LogActor {
     }
 }
 
-impl Handler<Persist> for LogActor {
+impl Handler<LogWrite> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, persist: Persist, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, LogWrite(persist): LogWrite, _ctx: &mut Context<Self>) {
         let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(persist).is_ok());
         if !sent {
             fatal("the write-ahead log writer has stopped");

@@ -15,9 +15,9 @@ use actix::prelude::*;
 use protocol::{ClientError, Command, Entry, LogIndex, NodeId, NodeStatus, PeerEnvelope, Reply, Role, Term};
 use tokio::sync::oneshot;
 
-use crate::raft::HardState;
 use crate::snapshot::DecodedSnapshot;
 use crate::state::SnapshotSource;
+use consensus::Persist;
 
 /// What the node hands its actors: identities, limits and timers.
 #[derive(Debug, Clone)]
@@ -189,41 +189,11 @@ pub struct ArmElectionTimer {
 
 // ----- to the LogActor -----
 
-/// A compaction: the whole WAL is replaced by this state.
-#[derive(Debug, Clone)]
-pub struct Rewrite {
-    pub hard_state: HardState,
-    pub start_index: LogIndex,
-    pub start_term: Term,
-    pub entries: Vec<Entry>,
-}
-
-/// Writes, in this order, then one fsync, then `then_send` leaves and the
-/// ElectionActor hears `Persisted` for the last entry written.
+/// What the LogActor writes and fsyncs before the messages waiting for it
+/// leave (the consensus crate's [`Persist`], taken from one `Ready`).
 #[derive(Message, Debug, Default)]
 #[rtype(result = "()")]
-pub struct Persist {
-    pub hard_state: Option<HardState>,
-    pub entries: Vec<Entry>,
-    pub rewrite: Option<Rewrite>,
-    pub then_send: Vec<PeerEnvelope>,
-}
-
-impl Persist {
-    /// The last log position this request makes durable, if it writes any.
-    pub fn last_written(&self) -> Option<(LogIndex, Term)> {
-        match &self.rewrite {
-            // The rewrite comes last and holds the whole log.
-            Some(rewrite) => Some(
-                rewrite
-                    .entries
-                    .last()
-                    .map_or((rewrite.start_index, rewrite.start_term), |e| (e.index, e.term)),
-            ),
-            None => self.entries.last().map(|e| (e.index, e.term)),
-        }
-    }
-}
+pub struct LogWrite(pub Persist);
 
 // ----- to the CommitActor -----
 

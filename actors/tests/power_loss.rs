@@ -16,9 +16,9 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
-use actors::raft::HardState;
 use actors::storage::disk::{Faults, Operation, SimulatedDisk};
 use actors::storage::{FlushBatch, RedbStore, Store, StoredState, Wal, WalError, WalRecord};
+use consensus::HardState;
 use protocol::{Command, Entry, LogIndex, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -4,9 +4,11 @@
 //! scheduler that delivers messages in any order, drops and duplicates them,
 //! partitions links, fires timers in adversarial orders, completes disk
 //! writes late, and crashes nodes (losing what was not yet durable) and
-//! restarts them from what was. The durable log is built from the same
-//! `persist_request` the ElectionActor sends the LogActor, and restart uses
-//! the same `reconcile` as recovery. After every step the invariants are
+//! restarts them from what was. The core and what it asks to persist come
+//! from the `consensus` crate, as in a node: the durable log is built from the
+//! same `RaftCore::take_persist` the ElectionActor hands the LogActor, and a
+//! restart uses the same `MemLog::reconcile` as start-up; the state machine is
+//! the actors crate's own `StateMachine`. After every step the invariants are
 //! checked; the same seed replays the same run exactly.
 //!
 //! `cargo test -p actors --test simulation` runs a CI-sized slice.
@@ -15,12 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use actors::election::persist_request;
-use actors::messages::Persist;
-use actors::raft::{CoreConfig, HardState, MemLog, RaftCore};
-use actors::recovery::reconcile;
 use actors::state::{ApplyResult, StateMachine};
 use actors::storage::StoredState;
+use consensus::{CoreConfig, HardState, MemLog, Persist, RaftCore};
 use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, Role, Session, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -293,7 +292,7 @@ impl Sim {
                 self.stats.snapshots += 1;
             }
             let core = self.nodes[i].core.as_ref().ok_or("core vanished")?;
-            if let Some(persist) = persist_request(core, &mut ready) {
+            if let Some(persist) = core.take_persist(&mut ready) {
                 self.nodes[i].pending.push_back(persist);
             }
             for entry in std::mem::take(&mut ready.committed) {
@@ -538,7 +537,7 @@ impl Sim {
         }
         let node = &mut self.nodes[i];
         let mut log = node.wal_log.clone();
-        if reconcile(&mut log, node.store.0, node.store.1) {
+        if log.reconcile(node.store.0, node.store.1) {
             node.wal_log = log.clone();
         }
         node.applied = node.store;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use integration::{assert_all_readable, pairs, put_all, TestCluster, Timers};
 
-/// The exit code of a node stopped by `fatal` (actors::election::EXIT_FATAL).
+/// The exit code of a node stopped by `fatal` (actors::runtime::EXIT_FATAL).
 const EXIT_FATAL: i32 = 70;
 
 /// A tmpfs mounted at a path for the life of the value.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use ::actors::messages::{NodeView, Settings};
-use ::actors::recovery::{recover, Recovered};
+use ::actors::startup::{recover, Recovered};
 use ::actors::storage::mongo_store::redact_uri;
 use ::actors::storage::{MongoStore, RedbStore, Store};
 use ::actors::{ClientGateway, CommitActor, ElectionActor, ElectionLinks, HeartbeatActor, LogActor};

@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 use protocol::{Entry, LogIndex, Term};
 
 use super::disk::{Disk, DiskFile, OsDisk};
-use crate::raft::HardState;
+use consensus::HardState;
 
 /// Largest payload accepted, on write and on replay (a larger length is corruption).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;

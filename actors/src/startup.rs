@@ -10,9 +10,9 @@ use protocol::LogIndex;
 use tracing::{info, warn};
 
 use crate::messages::Settings;
-use crate::raft::{CoreConfig, HardState, MemLog, RaftCore};
 use crate::state::{StateError, StateMachine};
 use crate::storage::{Store, StoreError, Wal, WalError};
+use consensus::{CoreConfig, HardState, MemLog, RaftCore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -31,18 +31,6 @@ pub enum RecoveryError {
          refusing to start (restore the data folder or wipe it to rejoin as a new node)"
     )]
     StoreBehindLog { applied: LogIndex, start: LogIndex },
-}
-
-/// Makes the log continue the store: if the store already holds a snapshot
-/// the log never recorded (a crash between installing it and rewriting the
-/// log), the log restarts at the store's applied point. Returns true if it did.
-pub fn reconcile(log: &mut MemLog, applied: LogIndex, applied_term: protocol::Term) -> bool {
-    if applied > 0 && log.term(applied) != Some(applied_term) {
-        log.reset_to(applied, applied_term);
-        true
-    } else {
-        false
-    }
 }
 
 pub struct Recovered {
@@ -95,7 +83,7 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
         });
     }
     let mut log = MemLog::new(from_wal.start_index, from_wal.start_term, from_wal.entries);
-    if reconcile(&mut log, applied, applied_term) {
+    if log.reconcile(applied, applied_term) {
         warn!(
             applied,
             applied_term, "log does not reach the store's applied point: reset it there"
@@ -115,7 +103,7 @@ pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recover
              and a leader has caught this node up"
         );
         hard_state.recovering = true;
-        // A blank log holds no entry; after `reconcile` it starts at the store's point.
+        // A blank log holds no entry; after `MemLog::reconcile` it starts at the store's point.
         wal.rewrite(hard_state, log.start_index(), log.start_term(), &[])?;
     }
     info!(

@@ -1,6 +1,6 @@
 //! The in-memory view of the replicated log that the consensus core reasons about.
 //!
-//! The durable copy lives in the write-ahead log (`crate::wal`); this one holds
+//! The durable copy lives in the write-ahead log (the actors crate's `storage::wal`); this one holds
 //! the entries after the last trim point, which the core needs for the
 //! consistency check and for sending to followers.
 
@@ -153,6 +153,19 @@ impl MemLog {
         self.entries.clear();
         self.start_index = index;
         self.start_term = term;
+    }
+
+    /// Makes the log continue the state store, which is applied up to
+    /// (`applied`, `applied_term`): if the store already holds a snapshot the
+    /// log never recorded (a crash between installing it and rewriting the
+    /// log), the log restarts at the store's applied point. Returns true if it did.
+    pub fn reconcile(&mut self, applied: LogIndex, applied_term: Term) -> bool {
+        if applied > 0 && self.term(applied) != Some(applied_term) {
+            self.reset_to(applied, applied_term);
+            true
+        } else {
+            false
+        }
     }
 
     pub fn len(&self) -> usize {
