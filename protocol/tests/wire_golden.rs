@@ -132,6 +132,21 @@ fn samples() -> Vec<(&'static str, PeerEnvelope)> {
                 incarnation: 2,
             }),
         ),
+        (
+            "TermProbe",
+            envelope(PeerMessage::TermProbe {
+                incarnation: 5,
+                round: 3,
+            }),
+        ),
+        (
+            "TermProbeReply",
+            envelope(PeerMessage::TermProbeReply {
+                incarnation: 5,
+                round: 3,
+                recovering: true,
+            }),
+        ),
     ]
 }
 
@@ -148,6 +163,8 @@ const GOLDEN: &[(&str, &str)] = &[
     ("SnapshotChunkAck", "84a466726f6d01a2746f02a47465726d09a76d65737361676581b0536e617073686f744368756e6b41636b83aa6c6173745f696e64657864a96c6173745f7465726d08ab6e6578745f6f6666736574ce00100004"),
     ("InstallSnapshot", "84a466726f6d01a2746f02a47465726d09a76d65737361676581af496e7374616c6c536e617073686f7485aa6c6173745f696e64657864a96c6173745f7465726d08a56279746573ce00100004a8636865636b73756dcedeadbeefaa726561645f726f756e6407"),
     ("SnapshotResponse", "84a466726f6d01a2746f02a47465726d09a76d65737361676581b0536e617073686f74526573706f6e736583aa6c6173745f696e64657864aa726561645f726f756e6407ab696e6361726e6174696f6e02"),
+    ("TermProbe", "84a466726f6d01a2746f02a47465726d09a76d65737361676581a95465726d50726f626582ab696e6361726e6174696f6e05a5726f756e6403"),
+    ("TermProbeReply", "84a466726f6d01a2746f02a47465726d09a76d65737361676581ae5465726d50726f62655265706c7983ab696e6361726e6174696f6e05a5726f756e6403aa7265636f766572696e67c3"),
 ];
 
 fn hex(bytes: &[u8]) -> String {
