@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use protocol::{ClientError, NodeId, NodeStatus, PeerEnvelope, PeerMessage, Role, Term};
+use protocol::{
+    ClientError, NodeId, NodeStatus, PeerEnvelope, PeerMessage, Role, SnapshotChunk, SnapshotChunkAck,
+    SnapshotResponse, Term,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, info_span, warn};
 
@@ -399,7 +402,12 @@ impl ElectionActor {
     }
 
     /// A follower acknowledged snapshot bytes: tell the sending task.
-    fn on_snapshot_ack(&mut self, from: NodeId, term: Term, index: u64, last_term: Term, next_offset: u64) {
+    fn on_snapshot_ack(&mut self, from: NodeId, term: Term, ack: SnapshotChunkAck) {
+        let SnapshotChunkAck {
+            last_index: index,
+            last_term,
+            next_offset,
+        } = ack;
         if self.core.role() != Role::Leader || term != self.core.term() {
             return;
         }
@@ -428,11 +436,11 @@ impl ElectionActor {
             from: self.settings.node_id,
             to: leader,
             term: self.core.term(),
-            message: PeerMessage::SnapshotChunkAck {
+            message: PeerMessage::SnapshotChunkAck(SnapshotChunkAck {
                 last_index: index,
                 last_term,
                 next_offset,
-            },
+            }),
         });
     }
 
@@ -441,12 +449,12 @@ impl ElectionActor {
     /// leader in the chunk's term and needs the snapshot.
     fn on_snapshot_chunk(&mut self, mut envelope: PeerEnvelope, ctx: &mut Context<Self>) {
         // Its bounds, bytes included, were checked on arrival (PeerInbound).
-        let PeerMessage::SnapshotChunk {
+        let PeerMessage::SnapshotChunk(SnapshotChunk {
             last_index,
             last_term,
             offset,
             data,
-        } = &mut envelope.message
+        }) = &mut envelope.message
         else {
             return;
         };
@@ -498,13 +506,13 @@ impl ElectionActor {
     /// actor thread, and let the core act on the seal once they are decoded.
     /// A seal the core needs no bytes for (stale, or nothing new) goes straight in.
     fn on_snapshot_seal(&mut self, envelope: PeerEnvelope, ctx: &mut Context<Self>) {
-        let PeerMessage::InstallSnapshot {
+        let PeerMessage::InstallSnapshot(protocol::InstallSnapshot {
             last_index,
             last_term,
             bytes,
             checksum,
             ..
-        } = envelope.message
+        }) = envelope.message
         else {
             return;
         };
@@ -596,17 +604,13 @@ impl Handler<PeerInbound> for ElectionActor {
             return;
         }
         match envelope.message {
-            PeerMessage::SnapshotChunk { .. } => return self.on_snapshot_chunk(envelope, ctx),
+            PeerMessage::SnapshotChunk(_) => return self.on_snapshot_chunk(envelope, ctx),
             // A snapshot is checked and decoded before the core acts on it: once the
             // core has reset its log, a snapshot the store cannot take would leave
             // the node no way back.
-            PeerMessage::InstallSnapshot { .. } => return self.on_snapshot_seal(envelope, ctx),
-            PeerMessage::SnapshotChunkAck {
-                last_index,
-                last_term,
-                next_offset,
-            } => self.on_snapshot_ack(envelope.from, envelope.term, last_index, last_term, next_offset),
-            PeerMessage::SnapshotResponse { last_index, .. } => {
+            PeerMessage::InstallSnapshot(_) => return self.on_snapshot_seal(envelope, ctx),
+            PeerMessage::SnapshotChunkAck(ack) => self.on_snapshot_ack(envelope.from, envelope.term, ack),
+            PeerMessage::SnapshotResponse(SnapshotResponse { last_index, .. }) => {
                 // Only an answer to this leader's transfer ends it (a late answer to
                 // an earlier one must not cancel a new one).
                 let answered = self.core.role() == Role::Leader
@@ -631,9 +635,9 @@ impl Handler<SnapshotDecoded> for ElectionActor {
 
     fn handle(&mut self, decoded: SnapshotDecoded, ctx: &mut Context<Self>) {
         let _span = self.span().entered();
-        let PeerMessage::InstallSnapshot {
+        let PeerMessage::InstallSnapshot(protocol::InstallSnapshot {
             last_index, last_term, ..
-        } = decoded.seal.message
+        }) = decoded.seal.message
         else {
             return;
         };

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{LogIndex, NodeId, PeerEnvelope, PeerMessage, Term, SNAPSHOT_CHUNK_BYTES};
+use protocol::{LogIndex, NodeId, PeerEnvelope, PeerMessage, SnapshotChunk, Term, SNAPSHOT_CHUNK_BYTES};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -197,12 +197,12 @@ impl Transfer {
             from: self.from,
             to: self.to,
             term: self.term,
-            message: PeerMessage::SnapshotChunk {
+            message: PeerMessage::SnapshotChunk(SnapshotChunk {
                 last_index: self.index,
                 last_term: self.last_term,
                 offset,
                 data,
-            },
+            }),
         }
     }
 }
@@ -504,7 +504,7 @@ mod tests {
             }
             let sent: Vec<PeerEnvelope> = std::mem::take(&mut *wire.sent.lock().unwrap());
             for envelope in sent {
-                let PeerMessage::SnapshotChunk { offset, data, .. } = envelope.message else {
+                let PeerMessage::SnapshotChunk(SnapshotChunk { offset, data, .. }) = envelope.message else {
                     panic!("not a chunk: {envelope:?}");
                 };
                 assert!(data.len() <= SNAPSHOT_CHUNK_BYTES);

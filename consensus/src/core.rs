@@ -53,7 +53,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, Role, Term};
+use protocol::{
+    AppendEntries, AppendResponse, Command, Entry, InstallSnapshot, LogIndex, NodeId, PeerEnvelope, PeerMessage,
+    PreVoteResponse, Role, SnapshotResponse, Term, TermProbe, TermProbeReply, VoteRequest, VoteResponse,
+};
+
+/// An `AppendResponse` hint that suggests nothing: a success, or a refusal
+/// that only tells a stale leader our term.
+const NO_HINT: LogIndex = 0;
 
 use super::log::MemLog;
 use super::quorum;
@@ -380,10 +387,10 @@ impl RaftCore {
             // in a new round, so that only fresh answers count.
             recovery.round += 1;
             recovery.answers.clear();
-            let probe = PeerMessage::TermProbe {
+            let probe = PeerMessage::TermProbe(TermProbe {
                 incarnation: self.config.incarnation,
                 round: recovery.round,
-            };
+            });
             let probes: Vec<_> = self.peers().map(|peer| self.envelope(peer, probe.clone())).collect();
             self.ready.messages.extend(probes);
             self.ready.reset_election_timer = true;
@@ -412,10 +419,10 @@ impl RaftCore {
             .map(|peer| {
                 let mut ask = self.envelope(
                     peer,
-                    PeerMessage::PreVote {
+                    PeerMessage::PreVote(VoteRequest {
                         last_log_index,
                         last_log_term,
-                    },
+                    }),
                 );
                 ask.term = term;
                 ask
@@ -451,10 +458,10 @@ impl RaftCore {
             .map(|peer| {
                 self.envelope(
                     peer,
-                    PeerMessage::RequestVote {
+                    PeerMessage::RequestVote(VoteRequest {
                         last_log_index,
                         last_log_term,
-                    },
+                    }),
                 )
             })
             .collect();
@@ -670,7 +677,8 @@ impl RaftCore {
         self.config.members.len() - self.quorum() + 1
     }
 
-    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, question: (u64, u64), peer_recovering: bool) {
+    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, reply: TermProbeReply) {
+        let (question, peer_recovering) = ((reply.incarnation, reply.round), reply.recovering);
         let incarnation = self.config.incarnation;
         let Some(recovery) = self.recovery.as_mut() else {
             return;
@@ -837,7 +845,7 @@ impl RaftCore {
     }
 
     fn push_append(&mut self, peer: NodeId, prev_log_index: LogIndex, prev_log_term: Term, entries: Vec<Entry>) {
-        let message = PeerMessage::AppendEntries {
+        let message = PeerMessage::AppendEntries(AppendEntries {
             prev_log_index,
             prev_log_term,
             entries,
@@ -845,7 +853,7 @@ impl RaftCore {
             read_round: self.read_round,
             trim_to: self.trim_to,
             follower_incarnation: self.progress.get(&peer).map_or(0, |p| p.incarnation),
-        };
+        });
         let envelope = self.envelope(peer, message);
         self.ready.messages.push(envelope);
     }
@@ -874,13 +882,13 @@ impl RaftCore {
             return;
         }
         let (bytes, checksum) = seal;
-        let message = PeerMessage::InstallSnapshot {
+        let message = PeerMessage::InstallSnapshot(InstallSnapshot {
             last_index: index,
             last_term: term,
             bytes,
             checksum,
             read_round: self.read_round,
-        };
+        });
         let envelope = self.envelope(peer, message);
         self.ready.messages.push(envelope);
     }
@@ -918,17 +926,15 @@ impl RaftCore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_append_response(
-        &mut self,
-        from: NodeId,
-        success: bool,
-        match_index: LogIndex,
-        hint: LogIndex,
-        read_round: u64,
-        flushed: LogIndex,
-        incarnation: u64,
-    ) {
+    fn on_append_response(&mut self, from: NodeId, response: AppendResponse) {
+        let AppendResponse {
+            success,
+            match_index,
+            hint,
+            read_round,
+            flushed_index: flushed,
+            incarnation,
+        } = response;
         if self.role != Role::Leader {
             return;
         }
@@ -997,156 +1003,136 @@ impl RaftCore {
         let from = envelope.from;
         // Invariant 4: a newer term makes us its follower before anything else;
         // but a pre-vote's term is only proposed, and changes nothing.
-        let proposal = matches!(envelope.message, PeerMessage::PreVote { .. });
+        let proposal = matches!(envelope.message, PeerMessage::PreVote(_));
         if envelope.term > self.hard.term && !proposal {
             let leader = match envelope.message {
-                PeerMessage::AppendEntries { .. }
-                | PeerMessage::InstallSnapshot { .. }
-                | PeerMessage::SnapshotChunk { .. } => Some(from),
+                PeerMessage::AppendEntries(_) | PeerMessage::InstallSnapshot(_) | PeerMessage::SnapshotChunk(_) => {
+                    Some(from)
+                }
                 _ => None,
             };
             self.become_follower(envelope.term, leader);
         }
         let stale = envelope.term < self.hard.term;
         match envelope.message {
-            PeerMessage::RequestVote {
-                last_log_index,
-                last_log_term,
-            } => self.on_request_vote(from, stale, last_log_index, last_log_term),
-            PeerMessage::PreVote {
-                last_log_index,
-                last_log_term,
-            } => self.on_pre_vote(from, envelope.term, last_log_index, last_log_term),
-            PeerMessage::PreVoteResponse { term, granted } => {
-                // Matched by the proposed term, not the envelope's: a node
-                // behind us in term may grant, and that counts.
-                let quorum = self.quorum();
-                if let Some((proposed, votes)) = self.prevotes.as_mut() {
-                    if granted && *proposed == term {
-                        votes.insert(from);
-                        if votes.len() >= quorum {
-                            tracing::info!(term, "pre-votes from a majority: starting an election");
-                            self.campaign();
-                        }
-                    }
+            PeerMessage::RequestVote(request) => self.on_request_vote(from, stale, request),
+            PeerMessage::PreVote(request) => self.on_pre_vote(from, envelope.term, request),
+            PeerMessage::PreVoteResponse(response) => self.on_pre_vote_response(from, response),
+            PeerMessage::VoteResponse(response) => {
+                if !stale {
+                    self.on_vote_response(from, response);
                 }
             }
-            PeerMessage::VoteResponse { granted } => {
-                if !stale && granted && self.role == Role::Candidate {
-                    self.votes.insert(from);
-                    if self.votes.len() >= self.quorum() {
-                        self.become_leader();
-                    }
-                }
-            }
-            PeerMessage::AppendEntries { .. }
-            | PeerMessage::InstallSnapshot { .. }
-            | PeerMessage::SnapshotChunk { .. }
+            PeerMessage::AppendEntries(_) | PeerMessage::InstallSnapshot(_) | PeerMessage::SnapshotChunk(_)
                 if !self.takes_entries() =>
             {
                 // Invariant 9: until the cluster's term is known, this may be a
                 // deposed leader that this node, before its loss, had already
                 // left behind. Take nothing from it; the leader will retry.
             }
-            PeerMessage::TermProbe { incarnation, round } => {
-                let reply = self.envelope(
-                    from,
-                    PeerMessage::TermProbeReply {
-                        incarnation,
-                        round,
-                        recovering: self.recovery.is_some(),
-                    },
-                );
-                // It carries our term, which the probe may just have raised.
-                self.ready.after_persist.push(reply);
-            }
-            PeerMessage::TermProbeReply {
-                incarnation,
-                round,
-                recovering,
-            } => {
-                self.on_term_probe_reply(from, envelope.term, (incarnation, round), recovering);
-            }
-            PeerMessage::AppendEntries {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                leader_commit,
-                read_round,
-                trim_to,
-                follower_incarnation,
-            } => {
+            PeerMessage::TermProbe(probe) => self.on_term_probe(from, probe),
+            PeerMessage::TermProbeReply(reply) => self.on_term_probe_reply(from, envelope.term, reply),
+            PeerMessage::AppendEntries(append) => {
                 if stale {
                     // Invariant 3: tell the old leader our term; change nothing.
-                    self.reply_append(from, false, 0, 0, read_round);
+                    self.refuse_append(from, NO_HINT, append.read_round);
                 } else {
-                    self.on_append_entries(
-                        from,
-                        prev_log_index,
-                        prev_log_term,
-                        entries,
-                        leader_commit,
-                        read_round,
-                        trim_to,
-                        follower_incarnation,
-                    );
+                    self.on_append_entries(from, append);
                 }
             }
-            PeerMessage::AppendResponse {
-                success,
-                match_index,
-                hint,
-                read_round,
-                flushed_index,
-                incarnation,
-            } => {
+            PeerMessage::AppendResponse(response) => {
                 if !stale {
-                    self.on_append_response(from, success, match_index, hint, read_round, flushed_index, incarnation);
+                    self.on_append_response(from, response);
                 }
             }
-            PeerMessage::InstallSnapshot {
-                last_index,
-                last_term,
-                read_round,
-                ..
-            } => {
+            PeerMessage::InstallSnapshot(seal) => {
                 if stale {
-                    self.reply_append(from, false, 0, 0, read_round);
+                    self.refuse_append(from, NO_HINT, seal.read_round);
                 } else {
-                    self.on_install_snapshot(from, last_index, last_term, read_round);
+                    self.on_install_snapshot(from, seal);
                 }
             }
             // The chunks' bytes are the caller's to keep (the caller steps the
             // core with them taken out); to the core a chunk is the leader
             // speaking, and it keeps this node from starting an election.
-            PeerMessage::SnapshotChunk { .. } => {
+            PeerMessage::SnapshotChunk(_) => {
                 if stale {
-                    self.reply_append(from, false, 0, 0, 0);
+                    self.refuse_append(from, NO_HINT, 0);
                 } else if self.role != Role::Leader {
                     self.accept_leader(from);
                 }
             }
             // Only the caller's transfer needs it; a newer term in it was taken above.
-            PeerMessage::SnapshotChunkAck { .. } => {}
-            PeerMessage::SnapshotResponse {
-                last_index,
-                read_round,
-                incarnation,
-            } => {
-                if !stale && self.role == Role::Leader {
-                    if let Some(progress) = self.progress.get_mut(&from) {
-                        progress.snapshot_requested_at = None;
-                    }
-                    // The follower now holds everything up to the snapshot, durably.
-                    self.on_append_response(from, true, last_index, 0, read_round, last_index, incarnation);
+            PeerMessage::SnapshotChunkAck(_) => {}
+            PeerMessage::SnapshotResponse(response) => {
+                if !stale {
+                    self.on_snapshot_response(from, response);
                 }
             }
         }
     }
 
-    fn on_request_vote(&mut self, candidate: NodeId, stale: bool, last_log_index: LogIndex, last_log_term: Term) {
+    fn on_pre_vote_response(&mut self, from: NodeId, response: PreVoteResponse) {
+        // Matched by the proposed term, not the envelope's: a node behind us
+        // in term may grant, and that counts.
+        let quorum = self.quorum();
+        if let Some((proposed, votes)) = self.prevotes.as_mut() {
+            if response.granted && *proposed == response.term {
+                votes.insert(from);
+                if votes.len() >= quorum {
+                    tracing::info!(term = response.term, "pre-votes from a majority: starting an election");
+                    self.campaign();
+                }
+            }
+        }
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, response: VoteResponse) {
+        if response.granted && self.role == Role::Candidate {
+            self.votes.insert(from);
+            if self.votes.len() >= self.quorum() {
+                self.become_leader();
+            }
+        }
+    }
+
+    fn on_term_probe(&mut self, from: NodeId, probe: TermProbe) {
+        let reply = self.envelope(
+            from,
+            PeerMessage::TermProbeReply(TermProbeReply {
+                incarnation: probe.incarnation,
+                round: probe.round,
+                recovering: self.recovery.is_some(),
+            }),
+        );
+        // It carries our term, which the probe may just have raised.
+        self.ready.after_persist.push(reply);
+    }
+
+    fn on_snapshot_response(&mut self, from: NodeId, response: SnapshotResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(progress) = self.progress.get_mut(&from) {
+            progress.snapshot_requested_at = None;
+        }
+        // The follower now holds everything up to the snapshot, durably.
+        self.on_append_response(
+            from,
+            AppendResponse {
+                success: true,
+                match_index: response.last_index,
+                hint: NO_HINT,
+                read_round: response.read_round,
+                flushed_index: response.last_index,
+                incarnation: response.incarnation,
+            },
+        );
+    }
+
+    fn on_request_vote(&mut self, candidate: NodeId, stale: bool, request: VoteRequest) {
         // Invariant 2 and the up-to-date check, against the log as it is now.
-        let up_to_date = self.log_is_behind_or_equal(last_log_index, last_log_term);
+        let up_to_date = self.log_is_behind_or_equal(request);
         let free = self.hard.voted_for.is_none() || self.hard.voted_for == Some(candidate);
         // Invariant 9: a node that lost durable state may have voted already, or
         // lost entries that make this candidate look up to date.
@@ -1159,21 +1145,21 @@ impl RaftCore {
             });
             self.ready.reset_election_timer = true;
         }
-        let reply = self.envelope(candidate, PeerMessage::VoteResponse { granted });
+        let reply = self.envelope(candidate, PeerMessage::VoteResponse(VoteResponse { granted }));
         self.ready.after_persist.push(reply);
     }
 
     /// Raft's up-to-date check, against the log as it is now: a candidate whose
-    /// log ends at (`last_log_index`, `last_log_term`) holds at least as much.
-    fn log_is_behind_or_equal(&self, last_log_index: LogIndex, last_log_term: Term) -> bool {
-        (last_log_term, last_log_index) >= (self.log.last_term(), self.log.last_index())
+    /// log ends where `request` says holds at least as much.
+    fn log_is_behind_or_equal(&self, request: VoteRequest) -> bool {
+        (request.last_log_term, request.last_log_index) >= (self.log.last_term(), self.log.last_index())
     }
 
     /// Grants a pre-vote to a candidate that would get this node's real vote
     /// in `proposed` (a later term, an up-to-date log) if this node has not
     /// heard from a leader since its election timer last fired. Changes no state.
-    fn on_pre_vote(&mut self, candidate: NodeId, proposed: Term, last_log_index: LogIndex, last_log_term: Term) {
-        let up_to_date = self.log_is_behind_or_equal(last_log_index, last_log_term);
+    fn on_pre_vote(&mut self, candidate: NodeId, proposed: Term, request: VoteRequest) {
+        let up_to_date = self.log_is_behind_or_equal(request);
         let granted = proposed > self.hard.term
             && up_to_date
             && !self.leader_contact
@@ -1181,24 +1167,35 @@ impl RaftCore {
             && self.recovery.is_none();
         let reply = self.envelope(
             candidate,
-            PeerMessage::PreVoteResponse {
+            PeerMessage::PreVoteResponse(PreVoteResponse {
                 term: proposed,
                 granted,
-            },
+            }),
         );
         // It carries our term, which must be durable before anyone hears of it.
         self.ready.after_persist.push(reply);
     }
 
+    /// Refuses an append (or a stale snapshot seal), suggesting the leader
+    /// retry from `hint` ([`NO_HINT`] when the leader is only told our term).
+    fn refuse_append(&mut self, to: NodeId, hint: LogIndex, read_round: u64) {
+        self.reply_append(to, false, 0, hint, read_round);
+    }
+
+    /// Says this node's log equals the leader's through `match_index`.
+    fn accept_append(&mut self, to: NodeId, match_index: LogIndex, read_round: u64) {
+        self.reply_append(to, true, match_index, NO_HINT, read_round);
+    }
+
     fn reply_append(&mut self, to: NodeId, success: bool, match_index: LogIndex, hint: LogIndex, read_round: u64) {
-        let message = PeerMessage::AppendResponse {
+        let message = PeerMessage::AppendResponse(AppendResponse {
             success,
             match_index,
             hint,
             read_round,
             flushed_index: self.flushed,
             incarnation: self.config.incarnation,
-        };
+        });
         let reply = self.envelope(to, message);
         // A success claims durability of the entries it matched, so it waits for the disk.
         self.ready.after_persist.push(reply);
@@ -1215,18 +1212,16 @@ impl RaftCore {
         self.ready.reset_election_timer = true;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_append_entries(
-        &mut self,
-        leader: NodeId,
-        prev_log_index: LogIndex,
-        prev_log_term: Term,
-        entries: Vec<Entry>,
-        leader_commit: LogIndex,
-        read_round: u64,
-        trim_to: LogIndex,
-        follower_incarnation: u64,
-    ) {
+    fn on_append_entries(&mut self, leader: NodeId, append: AppendEntries) {
+        let AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+            read_round,
+            trim_to,
+            follower_incarnation,
+        } = append;
         if self.role == Role::Leader {
             // Two leaders in one term cannot happen; refuse rather than corrupt.
             tracing::error!(
@@ -1260,12 +1255,12 @@ impl RaftCore {
         match self.log.term(prev_log_index) {
             None => {
                 let hint = self.log.last_index() + 1;
-                self.reply_append(leader, false, 0, hint, read_round);
+                self.refuse_append(leader, hint, read_round);
                 return;
             }
             Some(term) if term != prev_log_term => {
                 let hint = self.log.first_index_of_term_at(prev_log_index).max(self.commit + 1);
-                self.reply_append(leader, false, 0, hint, read_round);
+                self.refuse_append(leader, hint, read_round);
                 return;
             }
             Some(_) => {}
@@ -1284,7 +1279,7 @@ impl RaftCore {
                     commit = self.commit,
                     "leader asked to overwrite a committed entry: refused"
                 );
-                self.reply_append(leader, false, 0, self.commit + 1, read_round);
+                self.refuse_append(leader, self.commit + 1, read_round);
                 return;
             }
             self.log.truncate_from(first.index);
@@ -1297,10 +1292,11 @@ impl RaftCore {
         self.advance_commit(leader_commit.min(match_index));
         self.compact(trim_to);
         self.note_caught_up(leader_commit, match_index, follower_incarnation);
-        self.reply_append(leader, true, match_index, 0, read_round);
+        self.accept_append(leader, match_index, read_round);
     }
 
-    fn on_install_snapshot(&mut self, leader: NodeId, index: LogIndex, term: Term, read_round: u64) {
+    fn on_install_snapshot(&mut self, leader: NodeId, seal: InstallSnapshot) {
+        let (index, term, read_round) = (seal.last_index, seal.last_term, seal.read_round);
         if self.role == Role::Leader {
             return;
         }
@@ -1309,11 +1305,11 @@ impl RaftCore {
             // Already have all of it: just say so.
             let reply = self.envelope(
                 leader,
-                PeerMessage::SnapshotResponse {
+                PeerMessage::SnapshotResponse(SnapshotResponse {
                     last_index: self.commit,
                     read_round,
                     incarnation: self.config.incarnation,
-                },
+                }),
             );
             self.ready.after_persist.push(reply);
             return;
@@ -1335,11 +1331,11 @@ impl RaftCore {
         self.ready.entries.clear();
         let reply = self.envelope(
             leader,
-            PeerMessage::SnapshotResponse {
+            PeerMessage::SnapshotResponse(SnapshotResponse {
                 last_index: index,
                 read_round,
                 incarnation: self.config.incarnation,
-            },
+            }),
         );
         self.ready.after_persist.push(reply);
     }

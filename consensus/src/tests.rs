@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use protocol::{Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, Role, Term};
+use protocol::{
+    AppendEntries, AppendResponse, Command, Entry, LogIndex, NodeId, PeerEnvelope, PeerMessage, PreVoteResponse, Role,
+    Term, TermProbe, TermProbeReply, VoteRequest, VoteResponse,
+};
 
 use super::*;
 
@@ -57,16 +60,16 @@ fn vote_request(from: NodeId, to: NodeId, term: Term, last_log_index: LogIndex, 
         from,
         to,
         term,
-        PeerMessage::RequestVote {
+        PeerMessage::RequestVote(VoteRequest {
             last_log_index,
             last_log_term,
-        },
+        }),
     )
 }
 
 fn granted(ready: &Ready) -> Option<bool> {
     ready.after_persist.iter().find_map(|m| match m.message {
-        PeerMessage::VoteResponse { granted } => Some(granted),
+        PeerMessage::VoteResponse(VoteResponse { granted }) => Some(granted),
         _ => None,
     })
 }
@@ -77,10 +80,10 @@ fn win_pre_vote(node: &mut RaftCore, grants: &[NodeId]) {
     node.election_timeout();
     let proposed = node.term() + 1;
     for &peer in grants {
-        let answer = PeerMessage::PreVoteResponse {
+        let answer = PeerMessage::PreVoteResponse(PreVoteResponse {
             term: proposed,
             granted: true,
-        };
+        });
         node.step(envelope(peer, node.id(), node.term(), answer));
     }
 }
@@ -97,7 +100,7 @@ fn append(
         from,
         to,
         term,
-        PeerMessage::AppendEntries {
+        PeerMessage::AppendEntries(AppendEntries {
             prev_log_index: prev.0,
             prev_log_term: prev.1,
             entries,
@@ -105,18 +108,18 @@ fn append(
             read_round: 0,
             trim_to: 0,
             follower_incarnation: INCARNATION,
-        },
+        }),
     )
 }
 
 fn append_reply(ready: &Ready) -> Option<(bool, LogIndex, LogIndex)> {
     ready.after_persist.iter().find_map(|m| match m.message {
-        PeerMessage::AppendResponse {
+        PeerMessage::AppendResponse(AppendResponse {
             success,
             match_index,
             hint,
             ..
-        } => Some((success, match_index, hint)),
+        }) => Some((success, match_index, hint)),
         _ => None,
     })
 }
@@ -215,10 +218,10 @@ fn election_timeout_asks_for_pre_votes_first_and_raises_nothing() {
         .iter()
         .filter(|m| {
             m.message
-                == PeerMessage::PreVote {
+                == PeerMessage::PreVote(VoteRequest {
                     last_log_index: 1,
                     last_log_term: 3,
-                }
+                })
         })
         .map(|m| (m.to, m.term))
         .collect();
@@ -228,16 +231,16 @@ fn election_timeout_asks_for_pre_votes_first_and_raises_nothing() {
         2,
         1,
         3,
-        PeerMessage::PreVoteResponse {
+        PeerMessage::PreVoteResponse(PreVoteResponse {
             term: 4,
             granted: false,
-        },
+        }),
     ));
     node.step(envelope(
         3,
         1,
         3,
-        PeerMessage::PreVoteResponse { term: 9, granted: true },
+        PeerMessage::PreVoteResponse(PreVoteResponse { term: 9, granted: true }),
     ));
     assert_eq!((node.term(), node.role()), (3, Role::Follower));
 }
@@ -259,10 +262,10 @@ fn election_timeout_persists_term_and_self_vote_before_asking() {
     for request in &ready.after_persist {
         assert_eq!(
             request.message,
-            PeerMessage::RequestVote {
+            PeerMessage::RequestVote(VoteRequest {
                 last_log_index: 1,
                 last_log_term: 3
-            }
+            })
         );
     }
     assert_eq!(node.role(), Role::Candidate);
@@ -349,7 +352,12 @@ fn leader_commits_only_after_its_own_fsync_and_a_majority() {
     let mut leader = core_with_log(1, &[1, 2, 3], 0, vec![]);
     win_pre_vote(&mut leader, &[2]);
     leader.take_ready();
-    leader.step(envelope(2, 1, 1, PeerMessage::VoteResponse { granted: true }));
+    leader.step(envelope(
+        2,
+        1,
+        1,
+        PeerMessage::VoteResponse(VoteResponse { granted: true }),
+    ));
     assert_eq!(leader.role(), Role::Leader);
     let ready = leader.take_ready();
     assert_eq!(ready.entries.len(), 1, "the no-op of the new term");
@@ -366,14 +374,14 @@ fn append_response(from: NodeId, to: NodeId, term: Term, success: bool, match_in
         from,
         to,
         term,
-        PeerMessage::AppendResponse {
+        PeerMessage::AppendResponse(AppendResponse {
             success,
             match_index,
             hint: 0,
             read_round: 0,
             flushed_index: 0,
             incarnation: INCARNATION,
-        },
+        }),
     )
 }
 
@@ -383,7 +391,12 @@ fn entries_of_an_earlier_term_do_not_commit_by_counting() {
     let mut leader = core_with_log(1, &[1, 2, 3, 4, 5], 3, vec![entry(1, 1), entry(2, 2)]);
     win_pre_vote(&mut leader, &[2, 3]);
     for peer in [2, 3] {
-        leader.step(envelope(peer, 1, 4, PeerMessage::VoteResponse { granted: true }));
+        leader.step(envelope(
+            peer,
+            1,
+            4,
+            PeerMessage::VoteResponse(VoteResponse { granted: true }),
+        ));
     }
     assert_eq!(leader.role(), Role::Leader);
     leader.persisted(2, 2);
@@ -456,7 +469,7 @@ fn read_waits_for_a_majority_round_started_after_it() {
         .messages
         .iter()
         .find_map(|m| match m.message {
-            PeerMessage::AppendEntries { read_round, .. } => Some(read_round),
+            PeerMessage::AppendEntries(AppendEntries { read_round, .. }) => Some(read_round),
             _ => None,
         })
         .expect("a confirmation round is broadcast");
@@ -467,14 +480,14 @@ fn read_waits_for_a_majority_round_started_after_it() {
             from,
             1,
             term,
-            PeerMessage::AppendResponse {
+            PeerMessage::AppendResponse(AppendResponse {
                 success: true,
                 match_index: 1,
                 hint: 0,
                 read_round,
                 flushed_index: 0,
                 incarnation: INCARNATION,
-            },
+            }),
         )
     };
     leader.step(reply(2, round - 1));
@@ -717,11 +730,11 @@ fn probe_reply(from: NodeId, to: NodeId, term: Term, recovering: bool) -> PeerEn
         from,
         to,
         term,
-        PeerMessage::TermProbeReply {
+        PeerMessage::TermProbeReply(TermProbeReply {
             incarnation: INCARNATION,
             round: 1,
             recovering,
-        },
+        }),
     )
 }
 
@@ -742,10 +755,10 @@ fn a_node_that_lost_durable_state_neither_votes_nor_campaigns_but_probes() {
         .iter()
         .filter(|m| {
             m.message
-                == PeerMessage::TermProbe {
+                == PeerMessage::TermProbe(TermProbe {
                     incarnation: INCARNATION,
                     round: 2,
-                }
+                })
         })
         .map(|m| m.to)
         .collect();
@@ -855,10 +868,10 @@ fn every_node_answers_a_term_probe_after_persisting_its_term() {
         1,
         2,
         5,
-        PeerMessage::TermProbe {
+        PeerMessage::TermProbe(TermProbe {
             incarnation: 3,
             round: 9,
-        },
+        }),
     ));
     let ready = node.take_ready();
     assert_eq!(ready.hard_state.map(|h| h.term), Some(5));
@@ -867,11 +880,11 @@ fn every_node_answers_a_term_probe_after_persisting_its_term() {
     assert_eq!(ready.after_persist[0].term, 5);
     assert_eq!(
         ready.after_persist[0].message,
-        PeerMessage::TermProbeReply {
+        PeerMessage::TermProbeReply(TermProbeReply {
             incarnation: 3,
             round: 9,
             recovering: false
-        }
+        })
     );
 }
 
@@ -879,16 +892,16 @@ fn every_node_answers_a_term_probe_after_persisting_its_term() {
 fn only_fresh_answers_from_intact_peers_tell_the_term() {
     let mut node = recovering_core(1, &[1, 2, 3, 4, 5], 4, vec![entry(1, 1)]);
     // An answer to another round, or another incarnation's question, is ignored.
-    let stale_round = PeerMessage::TermProbeReply {
+    let stale_round = PeerMessage::TermProbeReply(TermProbeReply {
         incarnation: INCARNATION,
         round: 0,
         recovering: false,
-    };
-    let other_incarnation = PeerMessage::TermProbeReply {
+    });
+    let other_incarnation = PeerMessage::TermProbeReply(TermProbeReply {
         incarnation: INCARNATION - 1,
         round: 1,
         recovering: false,
-    };
+    });
     node.step(envelope(2, 1, 4, stale_round));
     node.step(envelope(3, 1, 4, other_incarnation));
     // A recovering peer's answer does not count: its term may be among what it lost.
@@ -921,9 +934,9 @@ fn recovery_ends_only_on_an_append_addressed_to_this_incarnation() {
     // A heartbeat the leader sent before it heard this incarnation: its commit
     // index may predate an entry this node acknowledged and lost.
     let mut old = append(2, 1, 4, (2, 4), vec![], 2);
-    if let PeerMessage::AppendEntries {
+    if let PeerMessage::AppendEntries(AppendEntries {
         follower_incarnation, ..
-    } = &mut old.message
+    }) = &mut old.message
     {
         *follower_incarnation = INCARNATION - 1;
     }
@@ -938,7 +951,12 @@ fn recovery_ends_only_on_an_append_addressed_to_this_incarnation() {
 fn a_leader_drops_answers_from_before_a_follower_restarted() {
     let mut leader = core_with_log(1, &[1, 2, 3], 1, vec![]);
     win_pre_vote(&mut leader, &[2]);
-    leader.step(envelope(2, 1, 2, PeerMessage::VoteResponse { granted: true }));
+    leader.step(envelope(
+        2,
+        1,
+        2,
+        PeerMessage::VoteResponse(VoteResponse { granted: true }),
+    ));
     assert_eq!(leader.role(), Role::Leader);
     leader.persisted(1, 2);
     leader.take_ready();
@@ -950,14 +968,14 @@ fn a_leader_drops_answers_from_before_a_follower_restarted() {
             3,
             1,
             2,
-            PeerMessage::AppendResponse {
+            PeerMessage::AppendResponse(AppendResponse {
                 success: true,
                 match_index,
                 hint: 0,
                 read_round: 0,
                 flushed_index: 0,
                 incarnation,
-            },
+            }),
         )
     };
     // Node 3 answers from its new incarnation (it matched only the no-op)...
@@ -979,10 +997,10 @@ fn a_leader_drops_answers_from_before_a_follower_restarted() {
         .expect("an append to node 3");
     assert!(matches!(
         to_3.message,
-        PeerMessage::AppendEntries {
+        PeerMessage::AppendEntries(AppendEntries {
             follower_incarnation: 20,
             ..
-        }
+        })
     ));
 }
 
@@ -1078,10 +1096,10 @@ fn a_pre_vote_is_refused_while_the_leader_is_heard_and_changes_nothing() {
             3,
             2,
             term,
-            PeerMessage::PreVote {
+            PeerMessage::PreVote(VoteRequest {
                 last_log_index: 1,
                 last_log_term: 5,
-            },
+            }),
         )
     };
     follower.step(ask(40));
@@ -1089,7 +1107,7 @@ fn a_pre_vote_is_refused_while_the_leader_is_heard_and_changes_nothing() {
     assert_eq!(ready.hard_state, None);
     assert_eq!((follower.term(), follower.leader()), (5, Some(1)), "the leader is kept");
     let answer = ready.after_persist.iter().find_map(|m| match m.message {
-        PeerMessage::PreVoteResponse { term, granted } => Some((m.term, term, granted)),
+        PeerMessage::PreVoteResponse(PreVoteResponse { term, granted }) => Some((m.term, term, granted)),
         _ => None,
     });
     assert_eq!(answer, Some((5, 40, false)), "refused, with this node's own term");
@@ -1100,10 +1118,10 @@ fn a_pre_vote_is_refused_while_the_leader_is_heard_and_changes_nothing() {
     let ready = follower.take_ready();
     assert!(ready.after_persist.iter().any(|m| matches!(
         m.message,
-        PeerMessage::PreVoteResponse {
+        PeerMessage::PreVoteResponse(PreVoteResponse {
             term: 40,
             granted: true
-        }
+        })
     )));
     assert_eq!(follower.term(), 5, "still no term raised");
     // Never for a stale log or a term not ahead.
@@ -1111,17 +1129,22 @@ fn a_pre_vote_is_refused_while_the_leader_is_heard_and_changes_nothing() {
         3,
         2,
         40,
-        PeerMessage::PreVote {
+        PeerMessage::PreVote(VoteRequest {
             last_log_index: 0,
             last_log_term: 0,
-        },
+        }),
     ));
     follower.step(ask(5));
     let refusals = follower
         .take_ready()
         .after_persist
         .iter()
-        .filter(|m| matches!(m.message, PeerMessage::PreVoteResponse { granted: false, .. }))
+        .filter(|m| {
+            matches!(
+                m.message,
+                PeerMessage::PreVoteResponse(PreVoteResponse { granted: false, .. })
+            )
+        })
         .count();
     assert_eq!(refusals, 2);
 }

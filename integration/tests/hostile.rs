@@ -265,7 +265,10 @@ async fn hostile_input_on_client_and_peer_ports() {
 /// cluster's terms stay where they were, and it goes on serving.
 #[tokio::test]
 async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
-    use integration::protocol::{Command, Entry, PeerEnvelope, PeerMessage};
+    use integration::protocol::{
+        AppendEntries, Command, Entry, InstallSnapshot, PeerEnvelope, PeerMessage, SnapshotChunk, SnapshotChunkAck,
+        VoteRequest,
+    };
 
     let mut cluster = TestCluster::start("hostile-terms", 3, Timers::default());
     let bound = cluster.timers().election_bound();
@@ -280,14 +283,14 @@ async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
     let hostile = [
         (
             u64::MAX,
-            PeerMessage::RequestVote {
+            PeerMessage::RequestVote(VoteRequest {
                 last_log_index: u64::MAX,
                 last_log_term: u64::MAX,
-            },
+            }),
         ),
         (
             u64::MAX - 1,
-            PeerMessage::AppendEntries {
+            PeerMessage::AppendEntries(AppendEntries {
                 prev_log_index: 0,
                 prev_log_term: 0,
                 entries: vec![],
@@ -295,11 +298,11 @@ async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
                 read_round: u64::MAX,
                 trim_to: u64::MAX,
                 follower_incarnation: 0,
-            },
+            }),
         ),
         (
             term,
-            PeerMessage::AppendEntries {
+            PeerMessage::AppendEntries(AppendEntries {
                 prev_log_index: u64::MAX - 1,
                 prev_log_term: term,
                 entries: vec![Entry {
@@ -312,34 +315,34 @@ async fn huge_terms_and_indexes_from_a_peer_change_nothing() {
                 read_round: 0,
                 trim_to: 0,
                 follower_incarnation: 0,
-            },
+            }),
         ),
         (
             term,
-            PeerMessage::InstallSnapshot {
+            PeerMessage::InstallSnapshot(InstallSnapshot {
                 last_index: u64::MAX,
                 last_term: u64::MAX,
                 bytes: u64::MAX,
                 checksum: 0,
                 read_round: 0,
-            },
+            }),
         ),
         (
             term,
-            PeerMessage::SnapshotChunk {
+            PeerMessage::SnapshotChunk(SnapshotChunk {
                 last_index: u64::MAX,
                 last_term: term,
                 offset: u64::MAX - 1,
                 data: vec![0; 16],
-            },
+            }),
         ),
         (
             term,
-            PeerMessage::SnapshotChunkAck {
+            PeerMessage::SnapshotChunkAck(SnapshotChunkAck {
                 last_index: u64::MAX,
                 last_term: term,
                 next_offset: u64::MAX,
-            },
+            }),
         ),
     ];
     for (term, message) in hostile {

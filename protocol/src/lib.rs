@@ -16,8 +16,9 @@ pub use client::{ClientError, ClientRequest, ClientResponse, NodeStatus, Operati
 pub use codec::{decode, encode, frame_codec, WireError};
 pub use handshake::{Hello, HelloReply, Party, RejectReason, MAGIC, PROTOCOL_VERSION};
 pub use peer::{
-    Command, Entry, OutOfBounds, PeerEnvelope, PeerMessage, MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK,
-    MAX_TERM, SNAPSHOT_CHUNK_BYTES,
+    AppendEntries, AppendResponse, Command, Entry, InstallSnapshot, OutOfBounds, PeerEnvelope, PeerMessage,
+    PreVoteResponse, SnapshotChunk, SnapshotChunkAck, SnapshotResponse, TermProbe, TermProbeReply, VoteRequest,
+    VoteResponse, MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, MAX_TERM, SNAPSHOT_CHUNK_BYTES,
 };
 
 /// A node's identity within its cluster (the `id` of a `[[nodes]]` entry).

@@ -39,103 +39,147 @@ pub struct PeerEnvelope {
     pub message: PeerMessage,
 }
 
+/// What one node says to another. Each message is a named struct of its own,
+/// so a handler takes one value, not its fields one by one. The encoding is
+/// that of the struct variants these replaced, byte for byte
+/// (`tests/wire_golden.rs` pins it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    RequestVote {
-        last_log_index: LogIndex,
-        last_log_term: Term,
-    },
-    VoteResponse {
-        granted: bool,
-    },
+    /// Vote for me in the envelope's term.
+    RequestVote(VoteRequest),
+    VoteResponse(VoteResponse),
     /// Would you vote for me in the envelope's term (Raft thesis 9.6)? Changes
     /// nothing on either side: no term is raised and no vote is spent, so a
     /// node cut off from the others cannot depose a healthy leader when it
     /// returns. The envelope's term is the term the sender proposes.
-    PreVote {
-        last_log_index: LogIndex,
-        last_log_term: Term,
-    },
-    /// The answer to the `PreVote` for `term`; the envelope's term is the
-    /// answering node's own.
-    PreVoteResponse {
-        term: Term,
-        granted: bool,
-    },
-    /// Replication and heartbeat. `read_round` numbers the leader's read
-    /// confirmations; `trim_to` is the index every node may drop its log up to.
-    AppendEntries {
-        prev_log_index: LogIndex,
-        prev_log_term: Term,
-        entries: Vec<Entry>,
-        leader_commit: LogIndex,
-        read_round: u64,
-        trim_to: LogIndex,
-        /// The recipient's incarnation as the leader last heard it (0: not yet).
-        #[serde(default)]
-        follower_incarnation: u64,
-    },
-    /// On success `match_index` is the last index known to equal the leader's;
-    /// on failure `hint` is where the follower suggests the leader retries.
-    AppendResponse {
-        success: bool,
-        match_index: LogIndex,
-        hint: LogIndex,
-        read_round: u64,
-        flushed_index: LogIndex,
-        /// The sender's incarnation: it grows at every process start, so the
-        /// leader can drop answers from before a restart (0: unknown).
-        #[serde(default)]
-        incarnation: u64,
-    },
-    /// One piece of the snapshot (the whole state as of `last_index`) that the
-    /// leader streams to a node whose missing entries it has already trimmed.
-    /// Pieces are placed by byte offset; the follower keeps only the piece it
-    /// expects next and answers every piece with a `SnapshotChunkAck`.
-    SnapshotChunk {
-        last_index: LogIndex,
-        last_term: Term,
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
-    /// The follower holds the first `next_offset` bytes of snapshot `last_index`.
-    SnapshotChunkAck {
-        last_index: LogIndex,
-        last_term: Term,
-        next_offset: u64,
-    },
-    /// The streamed snapshot is complete: `bytes` long, with CRC-32 `checksum`
-    /// over all of it. The follower installs it if what it holds matches.
-    InstallSnapshot {
-        last_index: LogIndex,
-        last_term: Term,
-        bytes: u64,
-        checksum: u32,
-        read_round: u64,
-    },
-    SnapshotResponse {
-        last_index: LogIndex,
-        read_round: u64,
-        /// As in `AppendResponse`.
-        #[serde(default)]
-        incarnation: u64,
-    },
-    /// From a node that lost durable state (its write-ahead log's tail was
-    /// cut at restart): which term is the cluster in? Every node answers.
-    /// `incarnation` and `round` name the question, so that an answer to an
-    /// older one is never taken for an answer to this one.
-    TermProbe {
-        incarnation: u64,
-        round: u64,
-    },
-    /// The answer to `TermProbe`, echoing its names: the sender's term is the
-    /// envelope's; `recovering` says the sender is itself recovering from lost state.
-    TermProbeReply {
-        incarnation: u64,
-        round: u64,
-        recovering: bool,
-    },
+    PreVote(VoteRequest),
+    PreVoteResponse(PreVoteResponse),
+    AppendEntries(AppendEntries),
+    AppendResponse(AppendResponse),
+    SnapshotChunk(SnapshotChunk),
+    SnapshotChunkAck(SnapshotChunkAck),
+    InstallSnapshot(InstallSnapshot),
+    SnapshotResponse(SnapshotResponse),
+    TermProbe(TermProbe),
+    TermProbeReply(TermProbeReply),
+}
+
+/// A vote or pre-vote request: where the candidate's log ends, for Raft's
+/// up-to-date check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRequest {
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
+}
+
+/// The answer to a `RequestVote`, in the envelope's term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteResponse {
+    pub granted: bool,
+}
+
+/// The answer to the `PreVote` for `term`; the envelope's term is the
+/// answering node's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    /// The term the pre-candidate proposed.
+    pub term: Term,
+    pub granted: bool,
+}
+
+/// Replication and heartbeat. `read_round` numbers the leader's read
+/// confirmations; `trim_to` is the index every node may drop its log up to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntries {
+    pub prev_log_index: LogIndex,
+    pub prev_log_term: Term,
+    /// The entries after `prev_log_index`, one by one.
+    pub entries: Vec<Entry>,
+    pub leader_commit: LogIndex,
+    pub read_round: u64,
+    pub trim_to: LogIndex,
+    /// The recipient's incarnation as the leader last heard it (0: not yet).
+    #[serde(default)]
+    pub follower_incarnation: u64,
+}
+
+/// On success `match_index` is the last index known to equal the leader's;
+/// on failure `hint` is where the follower suggests the leader retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResponse {
+    pub success: bool,
+    pub match_index: LogIndex,
+    pub hint: LogIndex,
+    /// The leader's read round this answers.
+    pub read_round: u64,
+    /// How far the sender's state store has applied and flushed (for trimming).
+    pub flushed_index: LogIndex,
+    /// The sender's incarnation: it grows at every process start, so the
+    /// leader can drop answers from before a restart (0: unknown).
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+/// One piece of the snapshot (the whole state as of `last_index`) that the
+/// leader streams to a node whose missing entries it has already trimmed.
+/// Pieces are placed by byte offset; the follower keeps only the piece it
+/// expects next and answers every piece with a `SnapshotChunkAck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub last_index: LogIndex,
+    pub last_term: Term,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The follower holds the first `next_offset` bytes of snapshot `last_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunkAck {
+    pub last_index: LogIndex,
+    pub last_term: Term,
+    pub next_offset: u64,
+}
+
+/// The streamed snapshot is complete: `bytes` long, with CRC-32 `checksum`
+/// over all of it. The follower installs it if what it holds matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    pub last_index: LogIndex,
+    pub last_term: Term,
+    pub bytes: u64,
+    pub checksum: u32,
+    pub read_round: u64,
+}
+
+/// The follower holds the state up to `last_index`, durably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    pub last_index: LogIndex,
+    pub read_round: u64,
+    /// As in `AppendResponse`.
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+/// From a node that lost durable state (its write-ahead log's tail was
+/// cut at restart): which term is the cluster in? Every node answers.
+/// `incarnation` and `round` name the question, so that an answer to an
+/// older one is never taken for an answer to this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermProbe {
+    pub incarnation: u64,
+    pub round: u64,
+}
+
+/// The answer to `TermProbe`, echoing its names: the sender's term is the
+/// envelope's; `recovering` says the sender is itself recovering from lost state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermProbeReply {
+    pub incarnation: u64,
+    pub round: u64,
+    pub recovering: bool,
 }
 
 /// The largest term a node takes from the network or reaches itself. 2^48
@@ -177,81 +221,46 @@ impl PeerEnvelope {
         let index = |field, value| within(field, value, MAX_LOG_INDEX);
         term("term", self.term)?;
         match &self.message {
-            PeerMessage::RequestVote {
-                last_log_index,
-                last_log_term,
+            PeerMessage::RequestVote(vote) | PeerMessage::PreVote(vote) => {
+                index("last_log_index", vote.last_log_index)?;
+                term("last_log_term", vote.last_log_term)
             }
-            | PeerMessage::PreVote {
-                last_log_index,
-                last_log_term,
-            } => {
-                index("last_log_index", *last_log_index)?;
-                term("last_log_term", *last_log_term)
-            }
-            PeerMessage::AppendEntries {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                leader_commit,
-                trim_to,
-                ..
-            } => {
-                index("prev_log_index", *prev_log_index)?;
-                term("prev_log_term", *prev_log_term)?;
-                index("leader_commit", *leader_commit)?;
-                index("trim_to", *trim_to)?;
-                entries.iter().try_for_each(|entry| {
+            PeerMessage::AppendEntries(append) => {
+                index("prev_log_index", append.prev_log_index)?;
+                term("prev_log_term", append.prev_log_term)?;
+                index("leader_commit", append.leader_commit)?;
+                index("trim_to", append.trim_to)?;
+                append.entries.iter().try_for_each(|entry| {
                     index("entry index", entry.index)?;
                     term("entry term", entry.term)
                 })
             }
-            PeerMessage::AppendResponse {
-                match_index,
-                hint,
-                flushed_index,
-                ..
-            } => {
-                index("match_index", *match_index)?;
-                index("hint", *hint)?;
-                index("flushed_index", *flushed_index)
+            PeerMessage::AppendResponse(response) => {
+                index("match_index", response.match_index)?;
+                index("hint", response.hint)?;
+                index("flushed_index", response.flushed_index)
             }
-            PeerMessage::InstallSnapshot {
-                last_index,
-                last_term,
-                bytes,
-                ..
-            } => {
-                index("last_index", *last_index)?;
-                term("last_term", *last_term)?;
-                within("bytes", *bytes, MAX_SNAPSHOT_BYTES)
+            PeerMessage::InstallSnapshot(seal) => {
+                index("last_index", seal.last_index)?;
+                term("last_term", seal.last_term)?;
+                within("bytes", seal.bytes, MAX_SNAPSHOT_BYTES)
             }
-            PeerMessage::SnapshotChunk {
-                last_index,
-                last_term,
-                offset,
-                data,
-            } => {
-                index("last_index", *last_index)?;
-                term("last_term", *last_term)?;
-                within("chunk length", data.len() as u64, MAX_SNAPSHOT_CHUNK as u64)?;
+            PeerMessage::SnapshotChunk(chunk) => {
+                index("last_index", chunk.last_index)?;
+                term("last_term", chunk.last_term)?;
+                within("chunk length", chunk.data.len() as u64, MAX_SNAPSHOT_CHUNK as u64)?;
                 // Both are bounded now, so the sum cannot overflow.
-                within("offset", *offset, MAX_SNAPSHOT_BYTES)?;
-                within("chunk end", *offset + data.len() as u64, MAX_SNAPSHOT_BYTES)
+                within("offset", chunk.offset, MAX_SNAPSHOT_BYTES)?;
+                within("chunk end", chunk.offset + chunk.data.len() as u64, MAX_SNAPSHOT_BYTES)
             }
-            PeerMessage::SnapshotChunkAck {
-                last_index,
-                last_term,
-                next_offset,
-            } => {
-                index("last_index", *last_index)?;
-                term("last_term", *last_term)?;
-                within("next_offset", *next_offset, MAX_SNAPSHOT_BYTES)
+            PeerMessage::SnapshotChunkAck(ack) => {
+                index("last_index", ack.last_index)?;
+                term("last_term", ack.last_term)?;
+                within("next_offset", ack.next_offset, MAX_SNAPSHOT_BYTES)
             }
-            PeerMessage::SnapshotResponse { last_index, .. } => index("last_index", *last_index),
-            PeerMessage::PreVoteResponse { term: proposed, .. } => term("proposed term", *proposed),
-            PeerMessage::VoteResponse { .. } | PeerMessage::TermProbe { .. } | PeerMessage::TermProbeReply { .. } => {
-                Ok(())
-            }
+            PeerMessage::SnapshotResponse(response) => index("last_index", response.last_index),
+            PeerMessage::PreVoteResponse(response) => term("proposed term", response.term),
+            PeerMessage::VoteResponse(_) | PeerMessage::TermProbe(_) | PeerMessage::TermProbeReply(_) => Ok(()),
         }
     }
 }
@@ -274,10 +283,10 @@ mod tests {
         let vote = |term, last_log_index, last_log_term| {
             envelope(
                 term,
-                PeerMessage::RequestVote {
+                PeerMessage::RequestVote(VoteRequest {
                     last_log_index,
                     last_log_term,
-                },
+                }),
             )
             .check_bounds()
         };
@@ -295,7 +304,7 @@ mod tests {
         let append = |entries| {
             envelope(
                 1,
-                PeerMessage::AppendEntries {
+                PeerMessage::AppendEntries(AppendEntries {
                     prev_log_index: 0,
                     prev_log_term: 0,
                     entries,
@@ -303,7 +312,7 @@ mod tests {
                     read_round: u64::MAX,
                     trim_to: 0,
                     follower_incarnation: u64::MAX,
-                },
+                }),
             )
             .check_bounds()
         };
@@ -316,13 +325,13 @@ mod tests {
         let snapshot = |last_index, bytes| {
             envelope(
                 1,
-                PeerMessage::InstallSnapshot {
+                PeerMessage::InstallSnapshot(InstallSnapshot {
                     last_index,
                     last_term: 1,
                     bytes,
                     checksum: 0,
                     read_round: 0,
-                },
+                }),
             )
             .check_bounds()
         };
@@ -331,12 +340,12 @@ mod tests {
         let chunk = |offset, len| {
             envelope(
                 1,
-                PeerMessage::SnapshotChunk {
+                PeerMessage::SnapshotChunk(SnapshotChunk {
                     last_index: 1,
                     last_term: 1,
                     offset,
                     data: vec![0; len],
-                },
+                }),
             )
             .check_bounds()
         };
@@ -348,12 +357,12 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_travel_as_bytes_not_arrays_of_integers() {
-        let chunk = PeerMessage::SnapshotChunk {
+        let chunk = PeerMessage::SnapshotChunk(SnapshotChunk {
             last_index: 1,
             last_term: 1,
             offset: 0,
             data: vec![0xff; 4096],
-        };
+        });
         let encoded = rmp_serde::to_vec(&chunk).unwrap();
         // A MessagePack integer array would take two bytes per 0xff byte.
         assert!(encoded.len() < 4096 + 64, "{} bytes", encoded.len());

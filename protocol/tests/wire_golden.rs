@@ -6,7 +6,10 @@
 //! To see the bytes of a new message: `cargo test -p protocol --test
 //! wire_golden -- --nocapture` prints every sample's hex on a mismatch.
 
-use protocol::{encode, Command, Entry, PeerEnvelope, PeerMessage, Session};
+use protocol::{
+    encode, AppendEntries, AppendResponse, Command, Entry, InstallSnapshot, PeerEnvelope, PeerMessage, PreVoteResponse,
+    Session, SnapshotChunk, SnapshotChunkAck, SnapshotResponse, TermProbe, TermProbeReply, VoteRequest, VoteResponse,
+};
 
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
@@ -37,29 +40,32 @@ fn samples() -> Vec<(&'static str, PeerEnvelope)> {
     vec![
         (
             "RequestVote",
-            envelope(PeerMessage::RequestVote {
+            envelope(PeerMessage::RequestVote(VoteRequest {
                 last_log_index: 40,
                 last_log_term: 8,
-            }),
+            })),
         ),
-        ("VoteResponse", envelope(PeerMessage::VoteResponse { granted: true })),
+        (
+            "VoteResponse",
+            envelope(PeerMessage::VoteResponse(VoteResponse { granted: true })),
+        ),
         (
             "PreVote",
-            envelope(PeerMessage::PreVote {
+            envelope(PeerMessage::PreVote(VoteRequest {
                 last_log_index: 40,
                 last_log_term: 8,
-            }),
+            })),
         ),
         (
             "PreVoteResponse",
-            envelope(PeerMessage::PreVoteResponse {
+            envelope(PeerMessage::PreVoteResponse(PreVoteResponse {
                 term: 10,
                 granted: false,
-            }),
+            })),
         ),
         (
             "AppendEntries",
-            envelope(PeerMessage::AppendEntries {
+            envelope(PeerMessage::AppendEntries(AppendEntries {
                 prev_log_index: 40,
                 prev_log_term: 8,
                 entries: vec![
@@ -84,68 +90,68 @@ fn samples() -> Vec<(&'static str, PeerEnvelope)> {
                 read_round: 6,
                 trim_to: 20,
                 follower_incarnation: 2,
-            }),
+            })),
         ),
         (
             "AppendResponse",
-            envelope(PeerMessage::AppendResponse {
+            envelope(PeerMessage::AppendResponse(AppendResponse {
                 success: true,
                 match_index: 43,
                 hint: 0,
                 read_round: 6,
                 flushed_index: 30,
                 incarnation: 2,
-            }),
+            })),
         ),
         (
             "SnapshotChunk",
-            envelope(PeerMessage::SnapshotChunk {
+            envelope(PeerMessage::SnapshotChunk(SnapshotChunk {
                 last_index: 100,
                 last_term: 8,
                 offset: 1 << 20,
                 data: vec![0, 1, 2, 255],
-            }),
+            })),
         ),
         (
             "SnapshotChunkAck",
-            envelope(PeerMessage::SnapshotChunkAck {
+            envelope(PeerMessage::SnapshotChunkAck(SnapshotChunkAck {
                 last_index: 100,
                 last_term: 8,
                 next_offset: (1 << 20) + 4,
-            }),
+            })),
         ),
         (
             "InstallSnapshot",
-            envelope(PeerMessage::InstallSnapshot {
+            envelope(PeerMessage::InstallSnapshot(InstallSnapshot {
                 last_index: 100,
                 last_term: 8,
                 bytes: (1 << 20) + 4,
                 checksum: 0xdead_beef,
                 read_round: 7,
-            }),
+            })),
         ),
         (
             "SnapshotResponse",
-            envelope(PeerMessage::SnapshotResponse {
+            envelope(PeerMessage::SnapshotResponse(SnapshotResponse {
                 last_index: 100,
                 read_round: 7,
                 incarnation: 2,
-            }),
+            })),
         ),
         (
             "TermProbe",
-            envelope(PeerMessage::TermProbe {
+            envelope(PeerMessage::TermProbe(TermProbe {
                 incarnation: 5,
                 round: 3,
-            }),
+            })),
         ),
         (
             "TermProbeReply",
-            envelope(PeerMessage::TermProbeReply {
+            envelope(PeerMessage::TermProbeReply(TermProbeReply {
                 incarnation: 5,
                 round: 3,
                 recovering: true,
-            }),
+            })),
         ),
     ]
 }
