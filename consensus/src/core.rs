@@ -6,7 +6,13 @@
 //! committed and which reads are now safe. Every rule of Raft's safety
 //! argument lives here, so each one is a unit test without sockets.
 //!
-//! Invariants kept here (numbers as in `shared/notes/raft-on-actors.md`):
+//! This file holds the roles, elections and the follower's side of
+//! replication; beside it, each in its own file: the leader's view of each
+//! follower (`progress.rs`), the leader's side of replication and commit
+//! (`replication.rs`), ReadIndex rounds (`read_only.rs`) and recovery from
+//! lost durable state (`recovery.rs`). The majority rule is `crate::quorum`.
+//!
+//! Invariants kept by the core (numbered as in ARCHITECTURE.md, "Invariants"):
 //! 1. `term` never decreases. Any change to term or vote is reported in
 //!    `Ready::hard_state`, and every message that depends on it is in
 //!    `Ready::after_persist`, which the caller sends only once the hard state
@@ -55,15 +61,23 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::{
     AppendEntries, AppendResponse, Command, Entry, InstallSnapshot, LogIndex, NodeId, PeerEnvelope, PeerMessage,
-    PreVoteResponse, Role, SnapshotResponse, Term, TermProbe, TermProbeReply, VoteRequest, VoteResponse,
+    PreVoteResponse, Role, SnapshotResponse, Term, TermProbe, VoteRequest, VoteResponse,
 };
 
 /// An `AppendResponse` hint that suggests nothing: a success, or a refusal
 /// that only tells a stale leader our term.
 const NO_HINT: LogIndex = 0;
 
-use super::log::MemLog;
-use super::quorum;
+use self::progress::Progress;
+use self::read_only::ReadRounds;
+use self::recovery::DataLossRecovery;
+use self::replication::AppendKind;
+use crate::log::MemLog;
+
+mod progress;
+mod read_only;
+mod recovery;
+mod replication;
 
 /// Term and vote: what must be durable before any message depending on it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -149,60 +163,6 @@ impl Ready {
     }
 }
 
-/// Why an AppendEntries is being considered for one follower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AppendKind {
-    /// Periodic or for a read round: something must go, even with no entries.
-    Heartbeat,
-    /// After a rejection: resend from the new next index (nothing while a snapshot is due).
-    Probe,
-    /// Only if there are new entries the follower may take.
-    NewEntries,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Progress {
-    /// Highest index known to be durable on the follower and equal to ours.
-    match_index: LogIndex,
-    /// Next index to send (advanced optimistically when sending: pipelining).
-    next_index: LogIndex,
-    /// What the follower reports as applied and flushed to its state store.
-    flushed_index: LogIndex,
-    /// Heard from during the current quorum-check period.
-    recently_active: bool,
-    /// Heard from since the last trim tick.
-    active_since_trim: bool,
-    /// Highest read round the follower has answered in this term.
-    read_round: u64,
-    /// Heartbeat round at which a snapshot was requested for this follower.
-    snapshot_requested_at: Option<u64>,
-    /// The follower's latest incarnation heard (0: none yet).
-    incarnation: u64,
-}
-
-/// Progress of a recovery from lost durable state (invariant 9).
-#[derive(Debug, Default)]
-struct DataLossRecovery {
-    /// The current probe round: only answers to it count.
-    round: u64,
-    /// Peers that answered this round's `TermProbe`: their term, and whether they are recovering too.
-    answers: BTreeMap<NodeId, (Term, bool)>,
-    /// The cluster's term, once enough peers answered.
-    learned_term: Option<Term>,
-    /// A leader's commit index that reaches into that leader's own term (so
-    /// it covers every entry committed before that term, and every entry the
-    /// leader itself committed), and up to which this node's log matches the
-    /// leader's. The node votes again once this much of its log is durable.
-    caught_up_to: Option<LogIndex>,
-}
-
-#[derive(Debug, Clone)]
-struct PendingRead {
-    id: ReadId,
-    round: u64,
-    index: LogIndex,
-}
-
 #[derive(Debug)]
 pub struct RaftCore {
     config: CoreConfig,
@@ -224,12 +184,8 @@ pub struct RaftCore {
     /// this node refuses pre-votes (leader stickiness, thesis 9.6).
     leader_contact: bool,
     progress: BTreeMap<NodeId, Progress>,
-    /// Leader: the last read-confirmation round started, and whether it is still open.
-    read_round: u64,
-    read_round_open: bool,
-    pending_reads: Vec<PendingRead>,
-    /// Reads queued before the leader committed its no-op.
-    early_reads: Vec<ReadId>,
+    /// Leader: read-confirmation rounds and the reads waiting on them (invariant 8).
+    reads: ReadRounds,
     /// Leader: index of its no-op; reads wait until it is committed.
     term_start_index: LogIndex,
     /// Leader: index every node may trim its log up to.
@@ -260,10 +216,7 @@ impl RaftCore {
             prevotes: None,
             leader_contact: false,
             progress: BTreeMap::new(),
-            read_round: 0,
-            read_round_open: false,
-            pending_reads: Vec::new(),
-            early_reads: Vec::new(),
+            reads: ReadRounds::default(),
             term_start_index: 0,
             trim_to: 0,
             heartbeat_rounds: 0,
@@ -352,16 +305,6 @@ impl RaftCore {
         self.leader = leader;
         self.votes.clear();
         self.prevotes = None;
-    }
-
-    fn fail_all_reads(&mut self) {
-        let failed = self
-            .pending_reads
-            .drain(..)
-            .map(|r| r.id)
-            .chain(self.early_reads.drain(..));
-        self.ready.failed_reads.extend(failed);
-        self.read_round_open = false;
     }
 
     /// The election timer fired (the caller has already discarded stale timers).
@@ -487,8 +430,8 @@ impl RaftCore {
                 )
             })
             .collect();
-        self.read_round = 0;
-        self.read_round_open = false;
+        self.reads.round = 0;
+        self.reads.open = false;
         // A leader may only count replicas of entries of its own term (invariant 6),
         // so it appends a no-op at once; reads wait for it to commit.
         self.term_start_index = self.append_local(Command::Noop, 0);
@@ -525,58 +468,6 @@ impl RaftCore {
         if self.role == Role::Leader {
             self.broadcast_append(AppendKind::NewEntries);
             self.maybe_commit();
-        }
-    }
-
-    /// A linearizable read arrived (ReadIndex). Reads are batched: all reads
-    /// that arrive while a confirmation round is open share the next round.
-    pub fn read(&mut self, id: ReadId) {
-        if self.role != Role::Leader {
-            self.ready.failed_reads.push(id);
-            return;
-        }
-        if self.commit < self.term_start_index {
-            self.early_reads.push(id);
-            return;
-        }
-        self.queue_read(id);
-    }
-
-    fn queue_read(&mut self, id: ReadId) {
-        // The round that confirms this read must start after it arrived: if one
-        // is open, this read waits for the next.
-        self.pending_reads.push(PendingRead {
-            id,
-            round: self.read_round + 1,
-            index: self.commit,
-        });
-        if !self.read_round_open {
-            self.start_read_round();
-        }
-    }
-
-    fn start_read_round(&mut self) {
-        self.read_round += 1;
-        self.read_round_open = true;
-        if self.quorum() == 1 {
-            self.confirm_reads();
-        } else {
-            self.broadcast_append(AppendKind::Heartbeat);
-        }
-    }
-
-    fn confirm_reads(&mut self) {
-        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.read_round).collect();
-        rounds.push(self.read_round); // the leader confirms its own round
-        let confirmed = quorum::agreed(rounds, self.quorum());
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.pending_reads.drain(..).partition(|r| r.round <= confirmed);
-        self.pending_reads = waiting;
-        self.ready.reads.extend(ready.into_iter().map(|r| (r.id, r.index)));
-        if confirmed >= self.read_round {
-            self.read_round_open = false;
-            if !self.pending_reads.is_empty() {
-                self.start_read_round();
-            }
         }
     }
 
@@ -659,328 +550,6 @@ impl RaftCore {
                 self.maybe_commit();
             }
             self.maybe_end_recovery();
-        }
-    }
-
-    // ----- recovery from lost durable state (invariant 9) -----
-
-    /// Intact peers (not recovering themselves) that must answer one probe
-    /// round before the node knows the cluster's term: enough that every
-    /// quorum holds one of them besides this node.
-    /// Whether this node takes entries (or a snapshot) from a leader now:
-    /// not while it recovers and does not know the cluster's term yet.
-    pub fn takes_entries(&self) -> bool {
-        self.recovery.as_ref().is_none_or(|r| r.learned_term.is_some())
-    }
-
-    fn probe_answers_needed(&self) -> usize {
-        self.config.members.len() - self.quorum() + 1
-    }
-
-    fn on_term_probe_reply(&mut self, from: NodeId, term: Term, reply: TermProbeReply) {
-        let (question, peer_recovering) = ((reply.incarnation, reply.round), reply.recovering);
-        let incarnation = self.config.incarnation;
-        let Some(recovery) = self.recovery.as_mut() else {
-            return;
-        };
-        if question != (incarnation, recovery.round) {
-            return; // an answer to an older question: its facts may have changed since
-        }
-        recovery.answers.insert(from, (term, peer_recovering));
-        let intact: Vec<Term> = recovery.answers.values().filter(|(_, r)| !r).map(|(t, _)| *t).collect();
-        let answered = intact.len();
-        let recovering_nodes = 1 + recovery.answers.values().filter(|(_, r)| *r).count();
-        // Only an intact node's term is known to cover what a quorum did.
-        let known_term = intact.iter().copied().max().unwrap_or(0);
-        let any_term = recovery.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
-        let learned = recovery.learned_term;
-        let members = self.config.members.len();
-        let everyone_answered = recovery.answers.len() + 1 >= members;
-        if learned.is_none() && answered >= self.probe_answers_needed() {
-            let term = self.spend_vote_in(known_term);
-            if let Some(recovery) = self.recovery.as_mut() {
-                recovery.learned_term = Some(term);
-            }
-            tracing::info!(
-                term,
-                "recovering from lost durable state: learned the cluster's term; \
-                 waiting for a leader to catch this node up before it votes again"
-            );
-        }
-        if everyone_answered && members - recovering_nodes < self.quorum() {
-            // No quorum of intact nodes exists: nobody can restore what was lost,
-            // and waiting would stop the cluster for good. The vote stays spent
-            // in the highest term heard, at least. Only once every member has
-            // answered this round: a silent one may be intact and hold what a
-            // quorum acknowledged, and giving up early (two nodes recovering, one
-            // down) could elect a leader without it. Waiting costs availability
-            // until that node is back; giving up could cost acknowledged writes.
-            if learned.is_none() {
-                self.spend_vote_in(any_term);
-            }
-            tracing::warn!(
-                recovering_nodes,
-                members,
-                "too many nodes lost durable state: resuming with what survived \
-                 (acknowledged writes may be lost)"
-            );
-            self.end_recovery();
-            return;
-        }
-        self.maybe_end_recovery();
-    }
-
-    /// Moves to `term` (if higher) with the vote spent: a vote this node cast
-    /// in that term may be among what it lost. Returns the term it is in.
-    fn spend_vote_in(&mut self, term: Term) -> Term {
-        let term = term.max(self.hard.term);
-        let voted_for = if term == self.hard.term {
-            self.hard.voted_for.or(Some(self.config.id))
-        } else {
-            Some(self.config.id)
-        };
-        if term > self.hard.term {
-            self.become_follower(term, None);
-        }
-        self.set_hard_state(HardState {
-            term,
-            voted_for,
-            recovering: self.hard.recovering,
-        });
-        term
-    }
-
-    /// After a successful append from the leader of the current term: notes
-    /// how far this node's log now provably holds what the leader committed.
-    /// Only an append the leader sent after it heard this incarnation counts:
-    /// an older one may carry a commit index from before an entry that this
-    /// node acknowledged and then lost.
-    fn note_caught_up(&mut self, leader_commit: LogIndex, match_index: LogIndex, follower_incarnation: u64) {
-        let term = self.hard.term;
-        if follower_incarnation != self.config.incarnation {
-            return;
-        }
-        let Some(recovery) = self.recovery.as_mut() else {
-            return;
-        };
-        // Our log equals the leader's through `match_index`; it must reach the
-        // leader's commit, and that commit must be in the leader's own term.
-        if recovery.learned_term.is_some_and(|learned| term >= learned)
-            && recovery.caught_up_to.is_none()
-            && match_index >= leader_commit
-            && self.log.term(leader_commit) == Some(term)
-        {
-            recovery.caught_up_to = Some(leader_commit);
-        }
-        self.maybe_end_recovery();
-    }
-
-    /// Ends the recovery once the log is durable up to `caught_up_to`.
-    fn maybe_end_recovery(&mut self) {
-        let Some(index) = self.recovery.as_ref().and_then(|r| r.caught_up_to) else {
-            return;
-        };
-        if self.durable >= index {
-            tracing::info!(
-                term = self.hard.term,
-                durable = self.durable,
-                "recovered from lost durable state: caught up by a leader; voting again"
-            );
-            self.end_recovery();
-        }
-    }
-
-    fn end_recovery(&mut self) {
-        self.recovery = None;
-        self.set_hard_state(HardState {
-            recovering: false,
-            ..self.hard
-        });
-    }
-
-    // ----- replication, leader side -----
-
-    fn broadcast_append(&mut self, mode: AppendKind) {
-        let peers: Vec<NodeId> = self.peers().collect();
-        for peer in peers {
-            self.send_append(peer, mode);
-        }
-    }
-
-    fn send_append(&mut self, peer: NodeId, mode: AppendKind) {
-        let Some(progress) = self.progress.get(&peer) else {
-            return;
-        };
-        let next = progress.next_index;
-        if next <= self.log.start_index() {
-            self.request_snapshot(peer);
-            if mode == AppendKind::Heartbeat {
-                // Keep the follower's election timer quiet while its snapshot is on the way.
-                let (prev_log_index, prev_log_term) = (self.log.start_index(), self.log.start_term());
-                self.push_append(peer, prev_log_index, prev_log_term, Vec::new());
-            }
-            return;
-        }
-        let in_flight = next.saturating_sub(progress.match_index + 1);
-        let has_new = next <= self.log.last_index();
-        let can_send = has_new && in_flight < self.config.max_inflight_entries;
-        if !can_send && mode == AppendKind::NewEntries {
-            return;
-        }
-        let entries = if can_send {
-            self.log
-                .slice_bounded(next, self.config.max_batch_entries, self.config.max_batch_bytes)
-        } else {
-            Vec::new()
-        };
-        let prev_log_index = next - 1;
-        let Some(prev_log_term) = self.log.term(prev_log_index) else {
-            self.request_snapshot(peer);
-            return;
-        };
-        if let (Some(last), Some(progress)) = (entries.last(), self.progress.get_mut(&peer)) {
-            progress.next_index = last.index + 1;
-        }
-        self.push_append(peer, prev_log_index, prev_log_term, entries);
-    }
-
-    fn push_append(&mut self, peer: NodeId, prev_log_index: LogIndex, prev_log_term: Term, entries: Vec<Entry>) {
-        let message = PeerMessage::AppendEntries(AppendEntries {
-            prev_log_index,
-            prev_log_term,
-            entries,
-            leader_commit: self.commit,
-            read_round: self.read_round,
-            trim_to: self.trim_to,
-            follower_incarnation: self.progress.get(&peer).map_or(0, |p| p.incarnation),
-        });
-        let envelope = self.envelope(peer, message);
-        self.ready.messages.push(envelope);
-    }
-
-    fn request_snapshot(&mut self, peer: NodeId) {
-        let round = self.heartbeat_rounds;
-        let retry = self.config.snapshot_retry_rounds;
-        let Some(progress) = self.progress.get_mut(&peer) else {
-            return;
-        };
-        let due = match progress.snapshot_requested_at {
-            None => true,
-            Some(at) => round >= at + retry,
-        };
-        if due {
-            progress.snapshot_requested_at = Some(round);
-            self.ready.snapshots_needed.push(peer);
-        }
-    }
-
-    /// The caller has streamed `peer` a snapshot of the state (applied up to
-    /// `index`, of `term`; `bytes` long with CRC-32 `checksum`), taken while
-    /// this core was in `taken_in_term`: seal it with an `InstallSnapshot`.
-    pub fn send_snapshot(&mut self, peer: NodeId, taken_in_term: Term, index: LogIndex, term: Term, seal: (u64, u32)) {
-        if self.role != Role::Leader || self.hard.term != taken_in_term || !self.progress.contains_key(&peer) {
-            return;
-        }
-        let (bytes, checksum) = seal;
-        let message = PeerMessage::InstallSnapshot(InstallSnapshot {
-            last_index: index,
-            last_term: term,
-            bytes,
-            checksum,
-            read_round: self.read_round,
-        });
-        let envelope = self.envelope(peer, message);
-        self.ready.messages.push(envelope);
-    }
-
-    fn maybe_commit(&mut self) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
-        matched.push(self.durable);
-        let majority_index = quorum::agreed(matched, self.quorum());
-        // Invariant 6: only an entry of the current term commits by counting.
-        if majority_index > self.commit && self.log.term(majority_index) == Some(self.hard.term) {
-            self.advance_commit(majority_index);
-            if self.commit >= self.term_start_index && !self.early_reads.is_empty() {
-                for id in std::mem::take(&mut self.early_reads) {
-                    self.queue_read(id);
-                }
-            }
-        }
-    }
-
-    fn advance_commit(&mut self, index: LogIndex) {
-        let index = index.min(self.log.last_index());
-        if index <= self.commit {
-            return;
-        }
-        self.commit = index;
-        // Invariant 7: release each committed entry once, in order.
-        let from = self.released + 1;
-        if from <= index {
-            let count = (index - from + 1) as usize;
-            self.ready.committed.extend(self.log.slice(from, count));
-            self.released = index;
-        }
-    }
-
-    fn on_append_response(&mut self, from: NodeId, response: AppendResponse) {
-        let AppendResponse {
-            success,
-            match_index,
-            hint,
-            read_round,
-            flushed_index: flushed,
-            incarnation,
-        } = response;
-        if self.role != Role::Leader {
-            return;
-        }
-        let last_index = self.log.last_index();
-        let Some(progress) = self.progress.get_mut(&from) else {
-            return;
-        };
-        if incarnation != 0 {
-            if incarnation < progress.incarnation {
-                return; // sent before the follower restarted: what it claims may be lost
-            }
-            if incarnation > progress.incarnation {
-                // The follower restarted (or is heard from for the first time):
-                // it may have lost entries it had matched.
-                progress.match_index = 0;
-            }
-            progress.incarnation = incarnation;
-        }
-        progress.recently_active = true;
-        progress.active_since_trim = true;
-        progress.flushed_index = progress.flushed_index.max(flushed);
-        // A round not started yet cannot have been answered.
-        progress.read_round = progress.read_round.max(read_round.min(self.read_round));
-        if success {
-            progress.match_index = progress.match_index.max(match_index.min(last_index));
-            progress.next_index = progress.next_index.max(progress.match_index + 1);
-        } else {
-            // Back off to the follower's hint. A hint at or below what it was known to
-            // hold means it lost durable entries (a corrupt WAL tail it had to cut):
-            // believe it, so the entries are sent again rather than never.
-            if hint <= progress.match_index {
-                progress.match_index = hint.saturating_sub(1);
-            }
-            progress.next_index = hint.max(progress.match_index + 1).min(last_index + 1);
-        }
-        if success {
-            self.maybe_commit();
-        }
-        let mode = if success {
-            AppendKind::NewEntries
-        } else {
-            AppendKind::Probe
-        };
-        self.send_append(from, mode);
-        if self.read_round_open {
-            self.confirm_reads();
         }
     }
 
@@ -1094,40 +663,6 @@ impl RaftCore {
                 self.become_leader();
             }
         }
-    }
-
-    fn on_term_probe(&mut self, from: NodeId, probe: TermProbe) {
-        let reply = self.envelope(
-            from,
-            PeerMessage::TermProbeReply(TermProbeReply {
-                incarnation: probe.incarnation,
-                round: probe.round,
-                recovering: self.recovery.is_some(),
-            }),
-        );
-        // It carries our term, which the probe may just have raised.
-        self.ready.after_persist.push(reply);
-    }
-
-    fn on_snapshot_response(&mut self, from: NodeId, response: SnapshotResponse) {
-        if self.role != Role::Leader {
-            return;
-        }
-        if let Some(progress) = self.progress.get_mut(&from) {
-            progress.snapshot_requested_at = None;
-        }
-        // The follower now holds everything up to the snapshot, durably.
-        self.on_append_response(
-            from,
-            AppendResponse {
-                success: true,
-                match_index: response.last_index,
-                hint: NO_HINT,
-                read_round: response.read_round,
-                flushed_index: response.last_index,
-                incarnation: response.incarnation,
-            },
-        );
     }
 
     fn on_request_vote(&mut self, candidate: NodeId, stale: bool, request: VoteRequest) {

@@ -14,29 +14,32 @@ pub(crate) fn agreed(mut values: Vec<u64>, quorum: usize) -> u64 {
 mod tests {
     use super::agreed;
 
+    /// Rows of `testdata/majority.txt`: values (`-` for none), quorum, agreed.
+    fn table() -> Vec<(Vec<u64>, usize, u64)> {
+        let number = |text: &str| text.trim().parse::<u64>().unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        include_str!("../testdata/majority.txt")
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let columns: Vec<&str> = line.split('|').collect();
+                assert_eq!(columns.len(), 3, "three columns in {line:?}");
+                let values = match columns[0].trim() {
+                    "-" => Vec::new(),
+                    values => values.split_whitespace().map(number).collect(),
+                };
+                (values, number(columns[1]) as usize, number(columns[2]))
+            })
+            .collect()
+    }
+
     #[test]
     fn the_quorum_th_highest_value_is_agreed() {
-        // values (one per node, in any order) | quorum | agreed
-        let table: &[(&[u64], usize, u64)] = &[
-            (&[5], 1, 5),
-            (&[5, 3], 2, 3),
-            (&[5, 3, 1], 2, 3),
-            (&[1, 3, 5], 2, 3),
-            (&[9, 9, 1], 2, 9),
-            (&[4, 4, 2, 2], 3, 2),
-            (&[9, 1, 1, 9, 9], 3, 9),
-            (&[7, 0, 0, 0, 7], 3, 0),
-            (&[8, 6, 7, 5, 3], 3, 6),
-            // Fewer values than a quorum: nothing is agreed.
-            (&[], 1, 0),
-            (&[3, 3], 3, 0),
-            // A quorum of 0 is no rule at all: nothing is agreed.
-            (&[3], 0, 0),
-        ];
+        let table = table();
+        assert_eq!(table.len(), 12, "every row of the table is read");
         for (values, quorum, expected) in table {
             assert_eq!(
-                agreed(values.to_vec(), *quorum),
-                *expected,
+                agreed(values.clone(), quorum),
+                expected,
                 "values {values:?}, quorum {quorum}"
             );
         }
