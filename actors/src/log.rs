@@ -12,7 +12,7 @@
 //! wake-ups fewer per write) was measured and not kept: a little faster for
 //! one client, but a fifth to a third slower at 64 clients, on followers as
 //! well as leaders, since a node blocked in fsync cannot take the next
-//! entries meanwhile (README, performance section).
+//! entries meanwhile (docs/PERFORMANCE.md, "What changed the figures").
 
 use std::sync::mpsc;
 use std::sync::Arc;

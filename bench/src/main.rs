@@ -2,7 +2,7 @@
 //!
 //! `kvs-bench run` measures one target; `kvs-bench compare` starts kvs, etcd
 //! and Redis on this machine and runs everything side by side. See the
-//! README's performance section.
+//! docs/PERFORMANCE.md, "The tool: `kvs-bench`".
 
 mod compare;
 mod plot;
