@@ -1,7 +1,7 @@
 //! `kvs-bench`: the same workloads against kvs, etcd and Redis, measured the same way.
 //!
 //! `kvs-bench run` measures one target; `kvs-bench compare` starts kvs, etcd
-//! and Redis on this machine and runs everything side by side. See the
+//! and Redis on this machine and runs everything side by side. See
 //! docs/PERFORMANCE.md, "The tool: `kvs-bench`".
 
 mod compare;
