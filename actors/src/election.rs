@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use protocol::{
-    ClientError, NodeId, NodeStatus, PeerEnvelope, PeerMessage, Role, SnapshotChunk, SnapshotChunkAck,
-    SnapshotResponse, Term,
+    ClientError, NodeId, PeerEnvelope, PeerMessage, Role, SnapshotChunk, SnapshotChunkAck, SnapshotResponse, Term,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, info_span, warn};
@@ -141,11 +140,7 @@ impl ElectionActor {
     }
 
     fn not_leader(&self) -> ClientError {
-        let leader = self.core.leader().filter(|&id| id != self.settings.node_id);
-        ClientError::NotLeader {
-            leader_id: leader,
-            leader_addr: leader.and_then(|id| self.settings.client_addr_of(id)),
-        }
+        self.settings.not_leader(self.core.leader())
     }
 
     /// Hands out everything the core decided.
@@ -777,19 +772,12 @@ impl Handler<GetConsensusStatus> for ElectionActor {
     type Result = MessageResult<GetConsensusStatus>;
 
     fn handle(&mut self, _: GetConsensusStatus, _ctx: &mut Context<Self>) -> Self::Result {
-        let leader_id = self.core.leader();
         let log = self.core.log();
-        MessageResult(NodeStatus {
-            node_id: self.settings.node_id,
+        MessageResult(ConsensusStatus {
             role: self.core.role(),
             term: self.core.term(),
-            leader_id,
-            leader_addr: leader_id.and_then(|id| self.settings.client_addr_of(id)),
+            leader_id: self.core.leader(),
             commit_index: self.core.commit_index(),
-            applied_index: 0,
-            flushed_index: 0,
-            unflushed_entries: 0,
-            store_flush_failures: 0,
             log_first_index: log.first_index(),
             log_last_index: log.last_index(),
         })

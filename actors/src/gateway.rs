@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use protocol::{ClientError, ClientRequest, ClientResponse, Command, NodeId, NodeStatus, Operation, Reply, Role, Term};
+use protocol::{ClientError, ClientRequest, ClientResponse, Command, NodeId, Operation, Reply, Role, Term};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span};
 
@@ -48,17 +48,7 @@ impl ClientGateway {
     }
 
     fn not_leader(&self) -> ClientError {
-        let leader = self.leader.filter(|&id| id != self.settings.node_id);
-        match leader {
-            Some(id) => ClientError::NotLeader {
-                leader_id: Some(id),
-                leader_addr: self.settings.client_addr_of(id),
-            },
-            None => ClientError::NotLeader {
-                leader_id: None,
-                leader_addr: None,
-            },
-        }
+        self.settings.not_leader(self.leader)
     }
 
     fn check_key(&self, key: &str) -> Result<(), ClientError> {
@@ -169,15 +159,10 @@ impl Handler<ClientCall> for ClientGateway {
             Operation::Status => {
                 let consensus = self.election.send(GetConsensusStatus);
                 let applied = self.commit.send(GetApplyStatus);
+                let settings = self.settings.clone();
                 actix::spawn(async move {
                     let result = match (consensus.await, applied.await) {
-                        (Ok(status), Ok(applied)) => Ok(Reply::Status(NodeStatus {
-                            applied_index: applied.applied_index,
-                            flushed_index: applied.flushed_index,
-                            unflushed_entries: applied.applied_index.saturating_sub(applied.flushed_index),
-                            store_flush_failures: applied.flush_failures,
-                            ..status
-                        })),
+                        (Ok(consensus), Ok(applied)) => Ok(Reply::Status(settings.node_status(consensus, applied))),
                         _ => Err(ClientError::Unavailable {
                             message: "node is shutting down".into(),
                         }),

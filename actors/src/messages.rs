@@ -53,6 +53,34 @@ impl Settings {
             .find(|(m, _)| *m == id)
             .map(|(_, addr)| addr.clone())
     }
+
+    /// The one "not leader" answer every actor gives: who leads, as far as
+    /// this node knows (never itself), and where clients reach it.
+    pub fn not_leader(&self, leader: Option<NodeId>) -> ClientError {
+        let leader = leader.filter(|&id| id != self.node_id);
+        ClientError::NotLeader {
+            leader_id: leader,
+            leader_addr: leader.and_then(|id| self.client_addr_of(id)),
+        }
+    }
+
+    /// This node's `status`, from the two actors that each know half of it.
+    pub fn node_status(&self, consensus: ConsensusStatus, applied: ApplyStatus) -> NodeStatus {
+        NodeStatus {
+            node_id: self.node_id,
+            role: consensus.role,
+            term: consensus.term,
+            leader_id: consensus.leader_id,
+            leader_addr: consensus.leader_id.and_then(|id| self.client_addr_of(id)),
+            commit_index: consensus.commit_index,
+            applied_index: applied.applied_index,
+            flushed_index: applied.flushed_index,
+            unflushed_entries: applied.applied_index.saturating_sub(applied.flushed_index),
+            store_flush_failures: applied.flush_failures,
+            log_first_index: consensus.log_first_index,
+            log_last_index: consensus.log_last_index,
+        }
+    }
 }
 
 /// How actors send to peers. The node implements it over its sockets; actors
@@ -162,8 +190,19 @@ pub struct Flushed(pub LogIndex);
 
 /// Consensus-side part of `status`.
 #[derive(Message)]
-#[rtype(result = "NodeStatus")]
+#[rtype(result = "ConsensusStatus")]
 pub struct GetConsensusStatus;
+
+/// What the ElectionActor knows for `status`; the CommitActor adds [`ApplyStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusStatus {
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub log_first_index: LogIndex,
+    pub log_last_index: LogIndex,
+}
 
 // ----- to the HeartbeatActor -----
 
@@ -268,4 +307,77 @@ pub struct LeaderChanged {
 pub struct ClientCall {
     pub request: protocol::ClientRequest,
     pub reply: tokio::sync::mpsc::Sender<protocol::ClientResponse>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            node_id: 1,
+            cluster_id: "test".into(),
+            members: vec![(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())],
+            data_dir: "data/1".into(),
+            commit_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(5),
+            election_timeout: Duration::from_secs(8),
+            trim_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+            max_key_bytes: 1024,
+            max_value_bytes: 1024,
+            max_batch_entries: 64,
+            max_batch_bytes: 1 << 20,
+            max_inflight_entries: 1024,
+        }
+    }
+
+    #[test]
+    fn not_leader_names_another_leader_never_this_node() {
+        let settings = settings();
+        let named = |leader_id: Option<NodeId>, addr: Option<&str>| ClientError::NotLeader {
+            leader_id,
+            leader_addr: addr.map(String::from),
+        };
+        assert_eq!(settings.not_leader(Some(2)), named(Some(2), Some("127.0.0.1:7002")));
+        assert_eq!(settings.not_leader(Some(1)), named(None, None));
+        assert_eq!(settings.not_leader(None), named(None, None));
+        // A leader id this node has no address for is still named.
+        assert_eq!(settings.not_leader(Some(9)), named(Some(9), None));
+    }
+
+    #[test]
+    fn status_takes_each_half_from_its_actor() {
+        let consensus = ConsensusStatus {
+            role: Role::Follower,
+            term: 7,
+            leader_id: Some(2),
+            commit_index: 40,
+            log_first_index: 31,
+            log_last_index: 42,
+        };
+        let applied = ApplyStatus {
+            applied_index: 38,
+            flushed_index: 30,
+            flush_failures: 3,
+        };
+        let status = settings().node_status(consensus, applied);
+        assert_eq!(
+            status,
+            NodeStatus {
+                node_id: 1,
+                role: Role::Follower,
+                term: 7,
+                leader_id: Some(2),
+                leader_addr: Some("127.0.0.1:7002".into()),
+                commit_index: 40,
+                applied_index: 38,
+                flushed_index: 30,
+                log_first_index: 31,
+                log_last_index: 42,
+                unflushed_entries: 8,
+                store_flush_failures: 3,
+            }
+        );
+    }
 }
