@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+use protocol::limits;
 use protocol::{ClientError, ClientRequest, ClientResponse, Command, NodeId, Operation, Reply, Role, Term};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span};
@@ -52,26 +53,11 @@ impl ClientGateway {
     }
 
     fn check_key(&self, key: &str) -> Result<(), ClientError> {
-        if key.is_empty() {
-            return Err(ClientError::EmptyKey);
-        }
-        if key.len() > self.settings.max_key_bytes {
-            return Err(ClientError::KeyTooLarge {
-                len: key.len(),
-                max: self.settings.max_key_bytes,
-            });
-        }
-        Ok(())
+        limits::check_key(key, self.settings.max_key_bytes)
     }
 
     fn check_value(&self, value: &str) -> Result<(), ClientError> {
-        if value.len() > self.settings.max_value_bytes {
-            return Err(ClientError::ValueTooLarge {
-                len: value.len(),
-                max: self.settings.max_value_bytes,
-            });
-        }
-        Ok(())
+        limits::check_value(value, self.settings.max_value_bytes)
     }
 
     /// Checks limits and turns a write into the command it proposes.

@@ -53,7 +53,7 @@ enum DurableLoss {
     /// Durable data is never lost (the fsync model).
     Never,
     /// Some restarts find the WAL's tail cut, durable entries and hard
-    /// states included, and recover as `recovery::recover` does: marked
+    /// states included, and recover as `startup::recover` does: marked
     /// recovering (invariant 9).
     Recovered,
     /// The same cuts, but the node restarts as if nothing was lost: the

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use protocol::codec::{FrameCodec, MAX_CLIENT_FRAME};
+use protocol::codec::FrameCodec;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{ClientResponse, Hello, HelloReply, NodeId, Party};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

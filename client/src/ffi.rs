@@ -179,26 +179,13 @@ unsafe fn copy_out(text: &[u8], dest: *mut c_char) {
     }
 }
 
-/// Checks one `host:port` entry: a host without whitespace, and a port from
-/// 1 to 65535 in decimal digits. IPv6 hosts are written in brackets
-/// (`[::1]:5000`). Whether the host resolves is found out by connecting.
+/// Checks one `host:port` entry of the C caller's list, by the endpoint rule
+/// every kvs tool shares (`protocol::limits::parse_endpoint`).
 pub fn parse_server(entry: &[u8]) -> Result<String, String> {
     let text = std::str::from_utf8(entry).map_err(|_| "not UTF-8".to_string())?;
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} has no port"))?;
-    if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    if host.chars().any(char::is_whitespace) {
-        return Err(format!("{text:?} has whitespace in its host"));
-    }
-    if host.contains(['[', ']']) && !(host.starts_with('[') && host.ends_with(']') && host.len() > 2) {
-        return Err(format!("{text:?} has a malformed bracketed host"));
-    }
-    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
-    match port.parse::<u16>() {
-        Ok(port) if digits && port > 0 => Ok(text.to_string()),
-        _ => Err(format!("{text:?} has an invalid port {port:?}")),
-    }
+    protocol::limits::parse_endpoint(text)
+        .map(String::from)
+        .map_err(|e| e.to_string())
 }
 
 /// Reads the NULL-terminated server list.

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{ClientError, ClientRequest, NodeStatus, Operation, Reply, Session, WireError};
 use rand::Rng;
 use tokio::time::Instant;

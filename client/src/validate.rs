@@ -11,10 +11,10 @@
 //! - a value is 1 to [`MAX_VALUE_BYTES`] bytes of ASCII letters, digits,
 //!   whitespace (space, `\t`, `\n`, `\x0c`, `\r`), `.`, `,`, `_` and `-`.
 
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 128;
-/// Longest value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 2048;
+/// Longest key, in bytes: the server's default, as in the original.
+pub const MAX_KEY_BYTES: usize = protocol::limits::DEFAULT_MAX_KEY_BYTES;
+/// Longest value, in bytes: the server's default, as in the original.
+pub const MAX_VALUE_BYTES: usize = protocol::limits::DEFAULT_MAX_VALUE_BYTES;
 
 /// Why a key or value is refused. The messages are the original's, word for word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

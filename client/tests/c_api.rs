@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use kv::ffi::{kv_get, kv_init, kv_put, kv_shutdown, KV_ABSENT, KV_ERROR, KV_OK};
-use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{ClientRequest, ClientResponse, Hello, HelloReply, Operation, Reply};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;

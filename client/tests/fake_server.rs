@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use kv::{Client, ClientConfig, Error};
 use protocol::codec::FrameCodec;
-use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{
     ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeStatus, Operation, Party, RejectReason, Reply,
     Role, Session,

@@ -135,10 +135,10 @@ mod defaults {
         60000
     }
     pub fn max_key_bytes() -> usize {
-        128
+        protocol::limits::DEFAULT_MAX_KEY_BYTES
     }
     pub fn max_value_bytes() -> usize {
-        2048
+        protocol::limits::DEFAULT_MAX_VALUE_BYTES
     }
     pub fn max_batch_entries() -> usize {
         1024
@@ -147,7 +147,7 @@ mod defaults {
         16384
     }
     pub fn max_peer_frame_bytes() -> usize {
-        protocol::codec::DEFAULT_MAX_PEER_FRAME
+        protocol::limits::DEFAULT_MAX_PEER_FRAME
     }
     pub fn engine() -> String {
         "embedded".into()
@@ -214,6 +214,18 @@ impl ClusterFile {
         if ids.contains(&0) || ids.iter().any(|&id| id >= 1 << 16) {
             return invalid("node ids must be between 1 and 65535".into());
         }
+        for node in &self.nodes {
+            let addresses = [
+                ("client_addr", Some(&node.client_addr)),
+                ("peer_addr", Some(&node.peer_addr)),
+            ];
+            let resp = ("resp_addr", node.resp_addr.as_ref());
+            for (key, address) in addresses.into_iter().chain([resp]) {
+                if let Some(Err(e)) = address.map(|a| protocol::limits::parse_endpoint(a)) {
+                    return invalid(format!("node {}: {key}: {e}", node.id));
+                }
+            }
+        }
         if c.heartbeat_interval_ms == 0 || c.election_timeout_ms <= c.heartbeat_interval_ms {
             return invalid(format!(
                 "election_timeout_ms ({}) must be larger than heartbeat_interval_ms ({}), which must not be 0",
@@ -223,10 +235,10 @@ impl ClusterFile {
         if c.commit_interval_ms == 0 || c.trim_interval_ms == 0 {
             return invalid("commit_interval_ms and trim_interval_ms must not be 0".into());
         }
-        if c.max_key_bytes == 0 || c.max_key_bytes + c.max_value_bytes > protocol::codec::MAX_CLIENT_FRAME / 2 {
+        if !protocol::limits::key_value_limits_fit(c.max_key_bytes, c.max_value_bytes) {
             return invalid(format!(
-                "max_key_bytes + max_value_bytes must fit in half a client frame ({} bytes)",
-                protocol::codec::MAX_CLIENT_FRAME / 2
+                "max_key_bytes must not be 0, and max_key_bytes + max_value_bytes must fit in half a client frame ({} bytes)",
+                protocol::limits::MAX_CLIENT_FRAME / 2
             ));
         }
         // A snapshot chunk and its envelope must fit, or a lagging follower never catches up.
@@ -498,6 +510,26 @@ peer_addr = "127.0.0.1:6000"
             ClusterFile::load(&write(dir.path(), &tiny_frames)),
             Err(ConfigError::Invalid(message)) if message.contains("max_peer_frame_bytes")
         ));
+    }
+
+    #[test]
+    fn addresses_follow_the_shared_endpoint_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |text: String| match ClusterFile::load(&write(dir.path(), &text)) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("accepted {text}: {other:?}"),
+        };
+        let zero_port = refused(MINIMAL.replace("127.0.0.1:5000", "127.0.0.1:0"));
+        assert!(
+            zero_port.contains("node 1: client_addr") && zero_port.contains("invalid port"),
+            "{zero_port}"
+        );
+        let no_port = refused(MINIMAL.replace("127.0.0.1:6000", "127.0.0.1"));
+        assert!(no_port.contains("node 1: peer_addr"), "{no_port}");
+        let resp = refused(format!("{MINIMAL}resp_addr = \"local host:6379\"\n"));
+        assert!(resp.contains("node 1: resp_addr"), "{resp}");
+        let with_resp = format!("{MINIMAL}resp_addr = \"[::1]:6379\"\n");
+        assert!(ClusterFile::load(&write(dir.path(), &with_resp)).is_ok());
     }
 
     #[test]

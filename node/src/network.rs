@@ -15,7 +15,8 @@ use actors::messages::{ClientCall, PeerInbound, PeerTransport, SharedView};
 use actors::{ClientGateway, ElectionActor};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use protocol::codec::{FrameCodec, MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
+use protocol::codec::FrameCodec;
+use protocol::limits::{MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
 use protocol::{
     decode, encode, frame_codec, ClientError, ClientRequest, ClientResponse, Hello, HelloReply, NodeId, Party,
     PeerEnvelope, RejectReason, PROTOCOL_VERSION,

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{ClientRequest, Operation, Session};
 use std::hint::black_box;
 use tokio_util::codec::{Decoder, Encoder};

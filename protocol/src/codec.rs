@@ -4,16 +4,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-/// The largest frame a handshake may use; anything longer is hostile.
-pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
-/// The largest client frame: a 128-byte key and a 2048-byte value fit many times over,
-/// while a client cannot make a node buffer more than this per connection.
-pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
-/// Default largest peer frame. What peers send is far smaller: an append
-/// batch is at most a quarter of this and never over 4 MiB, a snapshot
-/// chunk 1 MiB; so each peer link buffers at most this much.
-pub const DEFAULT_MAX_PEER_FRAME: usize = 16 * 1024 * 1024;
-
 /// Errors of encoding or decoding one message.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -110,6 +100,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{DEFAULT_MAX_PEER_FRAME, MAX_CLIENT_FRAME};
     use crate::{ClientRequest, Operation, PeerEnvelope};
 
     #[test]

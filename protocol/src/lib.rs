@@ -10,15 +10,17 @@
 pub mod client;
 pub mod codec;
 pub mod handshake;
+pub mod limits;
 pub mod peer;
 
 pub use client::{ClientError, ClientRequest, ClientResponse, NodeStatus, Operation, Reply, Role, Session};
 pub use codec::{decode, encode, frame_codec, WireError};
 pub use handshake::{Hello, HelloReply, Party, RejectReason, MAGIC, PROTOCOL_VERSION};
+pub use limits::{MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, MAX_TERM, SNAPSHOT_CHUNK_BYTES};
 pub use peer::{
     AppendEntries, AppendResponse, Command, Entry, InstallSnapshot, OutOfBounds, PeerEnvelope, PeerMessage,
     PreVoteResponse, SnapshotChunk, SnapshotChunkAck, SnapshotResponse, TermProbe, TermProbeReply, VoteRequest,
-    VoteResponse, MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, MAX_TERM, SNAPSHOT_CHUNK_BYTES,
+    VoteResponse,
 };
 
 /// A node's identity within its cluster (the `id` of a `[[nodes]]` entry).

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{MAX_LOG_INDEX, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_CHUNK, MAX_TERM};
 use crate::{LogIndex, NodeId, Session, Term};
 
 /// A state-machine command carried by a log entry.
@@ -182,21 +183,6 @@ pub struct TermProbeReply {
     pub recovering: bool,
 }
 
-/// The largest term a node takes from the network or reaches itself. 2^48
-/// elections are thousands of years even at one per millisecond, so a larger
-/// term is forged or corrupt; below it, `term + 1` can never overflow.
-pub const MAX_TERM: Term = 1 << 48;
-/// The largest log index a node takes from the network: far beyond any log
-/// that fits a disk, far below where index arithmetic could overflow.
-pub const MAX_LOG_INDEX: LogIndex = 1 << 56;
-/// The largest piece of a snapshot in one message (leaders send
-/// [`SNAPSHOT_CHUNK_BYTES`]); bounds what one message makes a follower buffer.
-pub const MAX_SNAPSHOT_CHUNK: usize = 8 << 20;
-/// The size of the pieces a leader streams a snapshot in.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// The largest snapshot a node takes (1 TiB): larger is forged or corrupt.
-pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
-
 /// A peer message carrying a term or an index no honest node can send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} = {value} is beyond the limit of {limit}")]
@@ -268,6 +254,7 @@ impl PeerEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::SNAPSHOT_CHUNK_BYTES;
 
     fn envelope(term: Term, message: PeerMessage) -> PeerEnvelope {
         PeerEnvelope {

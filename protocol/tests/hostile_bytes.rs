@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use protocol::codec::{MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
+use protocol::limits::{MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME};
 use protocol::{decode, frame_codec, ClientRequest, ClientResponse, Hello, HelloReply, PeerEnvelope};
 use tokio_util::codec::Decoder;
 

@@ -194,3 +194,60 @@ fn every_peer_message_keeps_its_wire_bytes() {
         panic!("the wire bytes of a peer message changed (new bytes printed above)");
     }
 }
+
+/// A peer of an earlier version sends no incarnation fields: such a frame
+/// still decodes, with the incarnations 0 ("unknown"). The frames are the
+/// golden ones with the field cut out and the map's length one less.
+#[test]
+fn frames_without_incarnations_decode_with_zero() {
+    let golden = |name: &str| GOLDEN.iter().find(|(n, _)| *n == name).expect("a golden frame").1;
+    let without = |name: &str, map_header: (&str, &str), field: &str| {
+        let hex = golden(name);
+        assert!(hex.ends_with(field), "{name} ends with its incarnation");
+        let hex = hex[..hex.len() - field.len()].replacen(map_header.0, map_header.1, 1);
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        protocol::decode::<PeerEnvelope>(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let samples: std::collections::HashMap<&str, PeerEnvelope> = samples().into_iter().collect();
+    let incarnation = "ab696e6361726e6174696f6e02"; // "incarnation": 2
+    let follower_incarnation = "b4666f6c6c6f7765725f696e6361726e6174696f6e02"; // "follower_incarnation": 2
+
+    let decoded = without(
+        "AppendEntries",
+        ("ad417070656e64456e747269657387", "ad417070656e64456e747269657386"),
+        follower_incarnation,
+    );
+    let PeerMessage::AppendEntries(mut expected) = samples["AppendEntries"].message.clone() else {
+        unreachable!()
+    };
+    expected.follower_incarnation = 0;
+    assert_eq!(decoded.message, PeerMessage::AppendEntries(expected));
+
+    let decoded = without(
+        "AppendResponse",
+        ("ae417070656e64526573706f6e736586", "ae417070656e64526573706f6e736585"),
+        incarnation,
+    );
+    let PeerMessage::AppendResponse(mut expected) = samples["AppendResponse"].message.clone() else {
+        unreachable!()
+    };
+    expected.incarnation = 0;
+    assert_eq!(decoded.message, PeerMessage::AppendResponse(expected));
+
+    let decoded = without(
+        "SnapshotResponse",
+        (
+            "b0536e617073686f74526573706f6e736583",
+            "b0536e617073686f74526573706f6e736582",
+        ),
+        incarnation,
+    );
+    let PeerMessage::SnapshotResponse(mut expected) = samples["SnapshotResponse"].message.clone() else {
+        unreachable!()
+    };
+    expected.incarnation = 0;
+    assert_eq!(decoded.message, PeerMessage::SnapshotResponse(expected));
+}

@@ -80,21 +80,11 @@ enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoints(Vec<String>);
 
-/// Parses "host:port,host:port": entries are trimmed, empty entries skipped,
-/// each must end in a valid port number.
+/// Parses "host:port,host:port" by the endpoint rule every kvs tool shares
+/// (`protocol::limits::parse_endpoint_list`): entries are trimmed, empty
+/// entries skipped, and the list must name at least one.
 fn parse_endpoints(text: &str) -> Result<Endpoints, String> {
-    let mut endpoints = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
-        let (host, port) = entry
-            .rsplit_once(':')
-            .ok_or_else(|| format!("endpoint {entry:?} is not host:port"))?;
-        if host.is_empty() {
-            return Err(format!("endpoint {entry:?} has no host"));
-        }
-        port.parse::<u16>()
-            .map_err(|_| format!("endpoint {entry:?} has an invalid port {port:?}"))?;
-        endpoints.push(entry.to_string());
-    }
+    let endpoints = protocol::limits::parse_endpoint_list(text).map_err(|e| format!("endpoint {e}"))?;
     if endpoints.is_empty() {
         return Err("no endpoints given".into());
     }
@@ -244,6 +234,10 @@ mod tests {
         assert!(parse_endpoints("localhost:http").is_err());
         assert!(parse_endpoints("localhost:70000").is_err());
         assert!(parse_endpoints(":5000").is_err());
+        // Refused by the C library before the endpoint rule was shared; kvctl took them.
+        assert!(parse_endpoints("localhost:0").is_err());
+        assert!(parse_endpoints("localhost:+80").is_err());
+        assert!(parse_endpoints("local host:80").is_err());
     }
 
     #[test]
