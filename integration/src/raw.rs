@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use protocol::codec::FrameCodec;
-use protocol::codec::MAX_CLIENT_FRAME;
+use protocol::limits::MAX_CLIENT_FRAME;
 use protocol::{Hello, HelloReply, Party};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
