@@ -5,8 +5,11 @@
 //! The model is `StoredState::absorb`: after any sequence of flushes and
 //! replaces, a store reopened from scratch loads exactly what the model holds.
 //! Then the MongoDB engine's own crash cases: session rows of a flush that
-//! never reached its meta write are not in force, and a format 1 store (the
-//! session table as one blob) is read and rewritten as rows.
+//! never reached its meta write are not in force, a crash between any two of
+//! a flush's or a replace's writes leaves what the contract allows and the
+//! replayed call repairs it, and a format 1 store (the session table as one
+//! blob) is read and rewritten as rows. (redb writes each call in one
+//! transaction; `actors/tests/power_loss.rs` cuts its writes at every point.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -228,14 +231,18 @@ impl TestDatabase {
         Some(TestDatabase { uri, name, client })
     }
 
-    fn reopen(&self) -> Reopen {
-        let config = MongoConfig {
+    fn config(&self) -> MongoConfig {
+        MongoConfig {
             uri: self.uri.clone(),
             database: self.name.clone(),
             cluster_id: CLUSTER_ID.to_string(),
             node_id: 1,
             timeout: Duration::from_secs(10),
-        };
+        }
+    }
+
+    fn reopen(&self) -> Reopen {
+        let config = self.config();
         Box::new(move || Box::new(MongoStore::connect(&config).expect("connect to MongoDB")) as Box<dyn Store>)
     }
 
@@ -396,4 +403,137 @@ fn mongodb_a_format_1_store_is_read_then_rewritten_as_rows() {
         .expect("a meta document");
     assert_eq!(meta.get_i32("format").ok(), Some(2), "{meta}");
     assert!(meta.get("sessions").is_none(), "the blob is gone: {meta}");
+}
+
+/// A call a crash may interrupt.
+enum Call {
+    Flush(FlushBatch),
+    Replace(StoredState),
+}
+
+impl Call {
+    fn run(&self, store: &mut dyn Store) -> Result<(), actors::storage::StoreError> {
+        match self {
+            Call::Flush(batch) => store.flush(batch),
+            Call::Replace(state) => store.replace(state),
+        }
+    }
+
+    fn applied_to(&self, before: &StoredState) -> StoredState {
+        match self {
+            Call::Flush(batch) => {
+                let mut after = before.clone();
+                after.absorb(batch);
+                after
+            }
+            Call::Replace(state) => state.clone(),
+        }
+    }
+}
+
+/// For every point between two of `call`'s write commands: a store at
+/// `setup` crashes there; reopened, it holds the applied point and sessions
+/// of before or after the call, never a mix, and each key holds its value of
+/// before or after (keys may run ahead; a replace switches all at once). The
+/// node then replays the call (its entries are still in the log), which
+/// brings the store to exactly the state after it.
+fn crash_between_any_two_writes(case: &str, setup: &FlushBatch, call: &Call) {
+    let mut before = StoredState::default();
+    before.absorb(setup);
+    let after = call.applied_to(&before);
+    let point = |s: &StoredState| (s.applied_index, s.applied_term, s.sessions.clone());
+    for crash_at in 0u64.. {
+        let Some(database) = TestDatabase::new(&format!("{case}{crash_at}")) else {
+            return;
+        };
+        let reopen = database.reopen();
+        let mut store = reopen();
+        store.load().expect("load");
+        store.flush(setup).expect("the set-up flush");
+        drop(store);
+
+        let mut crashing = MongoStore::connect(&database.config()).expect("connect to MongoDB");
+        crashing.load().expect("load");
+        crashing.crash_after_commands(crash_at);
+        let outcome = call.run(&mut crashing);
+        let crashed = crashing.crashed();
+        drop(crashing);
+
+        let mut store = reopen();
+        let loaded = store.load().expect("load after the crash");
+        let at = format!("{case}, crash after {crash_at} write commands ({outcome:?})");
+        assert!(
+            point(&loaded) == point(&before) || point(&loaded) == point(&after),
+            "{at}: applied point and sessions are a mix: {loaded:?}"
+        );
+        if outcome.is_ok() {
+            assert!(loaded == after, "{at}: a call that returned Ok is durable: {loaded:?}");
+        }
+        match call {
+            Call::Replace(_) => assert!(loaded == before || loaded == after, "{at}: {loaded:?}"),
+            Call::Flush(_) => {
+                let keys = before.data.keys().chain(after.data.keys()).chain(loaded.data.keys());
+                for key in keys {
+                    let value = loaded.data.get(key);
+                    assert!(
+                        value == before.data.get(key) || value == after.data.get(key),
+                        "{at}: key {key:?} holds {value:?}"
+                    );
+                }
+            }
+        }
+
+        call.run(store.as_mut()).expect("the replayed call");
+        drop(store);
+        let mut store = reopen();
+        let repaired = store.load().expect("load after the replay");
+        assert!(
+            repaired == after,
+            "{at}: the replay ends at the state after the call: {repaired:?}"
+        );
+        if !crashed {
+            assert!(crash_at > 0, "the call writes at least once");
+            return;
+        }
+    }
+}
+
+fn crash_setup() -> FlushBatch {
+    FlushBatch {
+        applied_index: 10,
+        applied_term: 1,
+        upserts: strings(&[("a", "1"), ("b", "2"), ("c", "3")]),
+        session_upserts: rows(&[(1, vec![1]), (2, vec![2])]),
+        evicted_through: 1,
+        ..FlushBatch::default()
+    }
+}
+
+#[test]
+fn mongodb_a_crash_between_any_two_writes_of_a_flush_is_repaired_by_the_replay() {
+    let flush = FlushBatch {
+        applied_index: 20,
+        applied_term: 2,
+        upserts: strings(&[("a", "11"), ("d", "4")]),
+        deletes: vec!["b".into()],
+        session_upserts: rows(&[(1, vec![1, 1]), (3, vec![3])]),
+        session_deletes: vec![2],
+        evicted_through: 2,
+    };
+    crash_between_any_two_writes("crashflush", &crash_setup(), &Call::Flush(flush));
+}
+
+#[test]
+fn mongodb_a_crash_between_any_two_writes_of_a_replace_is_repaired_by_the_replay() {
+    let snapshot = StoredState {
+        applied_index: 50,
+        applied_term: 3,
+        data: strings(&[("c", "snap"), ("e", "5")]).into_iter().collect(),
+        sessions: StoredSessions {
+            rows: rows(&[(2, vec![22]), (4, vec![4])]).into_iter().collect(),
+            evicted_through: 3,
+            legacy_table: Vec::new(),
+        },
+    };
+    crash_between_any_two_writes("crashreplace", &crash_setup(), &Call::Replace(snapshot));
 }

@@ -79,6 +79,7 @@
 //! start); a crash after it leaves the new state and an orphan collection,
 //! which the next start drops.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -185,6 +186,11 @@ pub struct MongoStore {
     /// collection (written, attempted, or read), by client.
     row_versions: HashMap<u64, BTreeSet<RowVersion>>,
     write_concern: Document,
+    /// Fault injection ([`MongoStore::crash_after_commands`]): how many more
+    /// write commands may reach the server (None: no limit).
+    commands_left: Cell<Option<u64>>,
+    /// Whether an injected crash has refused a write command.
+    crashed: Cell<bool>,
     // Dropped last: the database handle uses it.
     _client: Client,
 }
@@ -222,6 +228,8 @@ impl MongoStore {
             active: None,
             row_versions: HashMap::new(),
             write_concern: doc! { "w": "majority", "j": true, "wtimeout": timeout_ms },
+            commands_left: Cell::new(None),
+            crashed: Cell::new(false),
             _client: client,
         })
     }
@@ -229,6 +237,35 @@ impl MongoStore {
     /// The URI without secrets, for messages.
     pub fn shown_uri(&self) -> &str {
         &self.shown_uri
+    }
+
+    /// Fault injection for tests of a crash between two writes: after
+    /// `commands` more write commands (inserts, updates, deletes, drops),
+    /// every later one fails without reaching the server, as if the node had
+    /// died there. The test then drops this handle and opens a new one.
+    pub fn crash_after_commands(&mut self, commands: u64) {
+        self.commands_left.set(Some(commands));
+    }
+
+    /// Whether the crash set by [`MongoStore::crash_after_commands`] has
+    /// refused a write command yet.
+    pub fn crashed(&self) -> bool {
+        self.crashed.get()
+    }
+
+    /// Sends one write command, unless an injected crash has stopped them.
+    fn run_write_command(&self, command: Document) -> Result<Document, mongodb::error::Error> {
+        match self.commands_left.get() {
+            Some(0) => {
+                self.crashed.set(true);
+                return Err(mongodb::error::Error::custom(
+                    "injected crash: no more writes reach the server",
+                ));
+            }
+            Some(left) => self.commands_left.set(Some(left - 1)),
+            None => {}
+        }
+        self.db.run_command(command).run()
     }
 
     fn engine(&self, e: mongodb::error::Error) -> StoreError {
@@ -327,7 +364,7 @@ impl MongoStore {
                 "ordered": true,
                 "writeConcern": self.write_concern.clone(),
             };
-            let reply = self.db.run_command(command).run().map_err(|e| self.engine(e))?;
+            let reply = self.run_write_command(command).map_err(|e| self.engine(e))?;
             check_reply(&reply, kind, count).map_err(|message| {
                 StoreError::Engine(format!(
                     "MongoDB at {}: {} on {}.{collection} failed: {message}",
@@ -343,11 +380,7 @@ impl MongoStore {
     fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
         // Dropping a collection that does not exist succeeds on current servers;
         // older ones answer "ns not found", which is the same outcome.
-        match self
-            .db
-            .run_command(doc! { "drop": name, "writeConcern": self.write_concern.clone() })
-            .run()
-        {
+        match self.run_write_command(doc! { "drop": name, "writeConcern": self.write_concern.clone() }) {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("ns not found") => Ok(()),
             Err(e) => Err(self.engine(e)),
