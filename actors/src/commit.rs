@@ -49,6 +49,8 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a snapshot install keeps retrying a failing store before the node gives up.
 const REPLACE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Applies committed entries to the state machine, answers the clients waiting
+/// on them, and flushes the state store on a thread of its own.
 pub struct CommitActor {
     settings: Arc<Settings>,
     view: SharedView,
@@ -70,6 +72,9 @@ pub struct CommitActor {
 }
 
 impl CommitActor {
+    /// Starts the store thread on `store` and builds the actor around the
+    /// recovered `state`. `ctx` is the actor's own (not yet running) context, so
+    /// the store thread can report flushes to it. Fails if the thread cannot be started.
     pub fn new(
         settings: Arc<Settings>,
         view: SharedView,

@@ -29,6 +29,7 @@ use crate::runtime::{drop_elsewhere, fatal};
 use crate::snapshot::{self, DecodedSnapshot, Incoming, Pacing, Seal, Transfer};
 use consensus::{RaftCore, ReadId, Ready};
 
+/// Hosts the consensus core: feeds it every event and hands out what it decides.
 pub struct ElectionActor {
     settings: Arc<Settings>,
     core: RaftCore,
@@ -89,14 +90,22 @@ struct SnapshotDecoded {
 #[rtype(result = "()")]
 struct ProcessReady;
 
+/// The other four actors, which the ElectionActor sends to.
 pub struct ElectionLinks {
+    /// Gets what must be made durable, with the replies that wait for it.
     pub log: Addr<LogActor>,
+    /// Gets committed entries, writes to answer once applied, confirmed reads,
+    /// snapshot requests and snapshot installs.
     pub commit: Addr<CommitActor>,
+    /// Gets role changes and election timer re-arms.
     pub heartbeat: Addr<HeartbeatActor>,
+    /// Gets leadership changes, for redirects.
     pub gateway: Addr<ClientGateway>,
 }
 
 impl ElectionActor {
+    /// Wraps the recovered `core`. Nothing runs until the actor starts, which
+    /// announces the role and arms the first election timer.
     pub fn new(
         settings: Arc<Settings>,
         core: RaftCore,

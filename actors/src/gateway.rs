@@ -18,6 +18,8 @@ use crate::commit::CommitActor;
 use crate::election::ElectionActor;
 use crate::messages::*;
 
+/// Checks client requests, gives each a node-unique request id, and forwards
+/// them to the ElectionActor, or redirects them to the leader.
 pub struct ClientGateway {
     settings: Arc<Settings>,
     view: SharedView,
@@ -30,6 +32,8 @@ pub struct ClientGateway {
 }
 
 impl ClientGateway {
+    /// A gateway that knows no leader and takes itself for a follower in term 0
+    /// until the first [`LeaderChanged`].
     pub fn new(
         settings: Arc<Settings>,
         view: SharedView,

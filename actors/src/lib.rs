@@ -8,6 +8,8 @@
 //! - [`startup`]: rebuilding a node from its disk at start-up.
 //! - [`runtime`]: how a node stops when it cannot go on safely.
 
+#![warn(missing_docs)]
+
 pub mod commit;
 pub mod election;
 pub mod gateway;

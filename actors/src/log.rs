@@ -29,6 +29,7 @@ use crate::runtime::fatal;
 use crate::storage::{Wal, WalError, WalRecord};
 use consensus::Persist;
 
+/// Hands each [`LogWrite`] to the thread that writes and fsyncs the write-ahead log.
 pub struct LogActor {
     jobs: Option<mpsc::Sender<Persist>>,
     writer: Option<JoinHandle<()>>,

@@ -22,31 +22,48 @@ use consensus::Persist;
 /// What the node hands its actors: identities, limits and timers.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// This node's id.
     pub node_id: NodeId,
+    /// The cluster's id; peers and clients must give the same one in their handshake.
     pub cluster_id: String,
     /// Every member: id and client address (for redirects).
     pub members: Vec<(NodeId, String)>,
     /// This node's own data folder (`<data_dir>/<id>`).
     pub data_dir: std::path::PathBuf,
+    /// How often the CommitActor flushes applied changes to the state store
+    /// (also the first wait before a failed flush is tried again).
     pub commit_interval: Duration,
+    /// How often a leader sends heartbeats.
     pub heartbeat_interval: Duration,
+    /// How long a follower goes without hearing a leader before it asks for
+    /// pre-votes: randomized to between 1 and 1.5 times this (times at most
+    /// 1 s until a first leader is heard). A leader checks every two of these
+    /// that a majority still answers.
     pub election_timeout: Duration,
+    /// How often a leader has the logs trimmed up to what every live node has
+    /// applied and flushed.
     pub trim_interval: Duration,
     /// How long a client request may wait for its answer before it gets a timeout error.
     pub request_timeout: Duration,
+    /// Longest key a client may use, in bytes.
     pub max_key_bytes: usize,
+    /// Longest value a client may write, in bytes.
     pub max_value_bytes: usize,
+    /// Most entries in one AppendEntries message.
     pub max_batch_entries: usize,
     /// About the most bytes of entries per AppendEntries (kept well under the peer frame limit).
     pub max_batch_bytes: usize,
+    /// Most entries sent to one follower and not yet acknowledged.
     pub max_inflight_entries: u64,
 }
 
 impl Settings {
+    /// Every member's id, this node's included, in configuration order.
     pub fn member_ids(&self) -> Vec<NodeId> {
         self.members.iter().map(|(id, _)| *id).collect()
     }
 
+    /// The address clients reach member `id` at; None if `id` is not a member.
     pub fn client_addr_of(&self, id: NodeId) -> Option<String> {
         self.members
             .iter()
@@ -87,6 +104,8 @@ impl Settings {
 /// never see one. Sending never blocks: a message that cannot be queued is
 /// dropped, which Raft tolerates (the next heartbeat repeats what matters).
 pub trait PeerTransport: Send + Sync + 'static {
+    /// Queues `envelope` for the peer `envelope.to`, or drops it if that cannot
+    /// be done at once (queue full, peer unknown).
     fn send(&self, envelope: PeerEnvelope);
 }
 
@@ -100,6 +119,7 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Records the ElectionActor's term and role.
     pub fn set(&self, term: Term, role: Role) {
         self.term.store(term, Ordering::Relaxed);
         let code = match role {
@@ -110,6 +130,7 @@ impl NodeView {
         self.role.store(code, Ordering::Relaxed);
     }
 
+    /// The current term, as the ElectionActor last set it (0 until then).
     pub fn term(&self) -> Term {
         self.term.load(Ordering::Relaxed)
     }
@@ -119,10 +140,12 @@ impl NodeView {
         self.applied.store(index, Ordering::Relaxed);
     }
 
+    /// The highest applied index, as the CommitActor last set it (0 until then).
     pub fn applied(&self) -> LogIndex {
         self.applied.load(Ordering::Relaxed)
     }
 
+    /// The current role, as the ElectionActor last set it (Follower until then).
     pub fn role(&self) -> Role {
         match self.role.load(Ordering::Relaxed) {
             2 => Role::Leader,
@@ -132,6 +155,7 @@ impl NodeView {
     }
 }
 
+/// The one [`NodeView`] of a node, shared by its actors and its client connections.
 pub type SharedView = Arc<NodeView>;
 
 /// Where the answer to one client request goes.
@@ -148,8 +172,12 @@ pub struct PeerInbound(pub PeerEnvelope);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Propose {
+    /// The write to replicate, already checked against the size limits.
     pub command: Command,
+    /// The gateway's node-unique id for the request; the entry carries it, for tracing.
     pub request_id: u64,
+    /// Gets the result once the entry is applied, or an error (not the leader,
+    /// outcome unknown).
     pub responder: Responder,
 }
 
@@ -157,8 +185,12 @@ pub struct Propose {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Read {
+    /// The key to read, already checked against `max_key_bytes`.
     pub key: String,
+    /// The gateway's node-unique id for the request, for tracing.
     pub request_id: u64,
+    /// Gets the value (None: no such key) once a majority confirmed the read and
+    /// its read index is applied, or a not-leader error.
     pub responder: Responder,
 }
 
@@ -168,10 +200,14 @@ pub struct Read {
 pub enum Tick {
     /// Valid only if `generation` is still the ElectionActor's current one.
     ElectionTimeout {
+        /// The generation of the [`ArmElectionTimer`] that started this timer.
         generation: u64,
     },
+    /// Leader only, every `heartbeat_interval`: send heartbeats.
     Heartbeat,
+    /// Leader only, every two election timeouts: step down unless a majority answered.
     QuorumCheck,
+    /// Leader only, every `trim_interval`: choose how far to trim the logs.
     Trim,
 }
 
@@ -179,7 +215,10 @@ pub enum Tick {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Persisted {
+    /// The last entry now durable.
     pub index: LogIndex,
+    /// That entry's term when written: if a different entry is at `index` now,
+    /// the core ignores the notice.
     pub term: Term,
 }
 
@@ -196,11 +235,18 @@ pub struct GetConsensusStatus;
 /// What the ElectionActor knows for `status`; the CommitActor adds [`ApplyStatus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsensusStatus {
+    /// This node's role.
     pub role: Role,
+    /// This node's current term.
     pub term: Term,
+    /// The leader of `term` as far as this node knows (possibly itself); None if none is known.
     pub leader_id: Option<NodeId>,
+    /// The highest index known to be committed.
     pub commit_index: LogIndex,
+    /// The first index after the trimmed part of the log (above `log_last_index`
+    /// when the log holds no entry).
     pub log_first_index: LogIndex,
+    /// The index of the log's last entry (the trim point when it holds none).
     pub log_last_index: LogIndex,
 }
 
@@ -210,7 +256,9 @@ pub struct ConsensusStatus {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct RoleChanged {
+    /// The new role.
     pub role: Role,
+    /// The term of that role.
     pub term: Term,
 }
 
@@ -218,6 +266,7 @@ pub struct RoleChanged {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct ArmElectionTimer {
+    /// Sent back in the [`Tick::ElectionTimeout`] of this timer.
     pub generation: u64,
     /// No leader has been heard since this node started: a short timeout, so
     /// a fresh cluster elects its first leader at once (safe with PreVote: a
@@ -245,9 +294,14 @@ pub struct Apply(pub Vec<Entry>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AwaitApply {
+    /// Where the write's entry was appended.
     pub index: LogIndex,
+    /// The term it was proposed in; a different entry applied at `index` means
+    /// the write was lost, and the client is told the outcome is unknown.
     pub term: Term,
+    /// The gateway's node-unique id for the request, for tracing.
     pub request_id: u64,
+    /// Gets the write's result once `index` is applied.
     pub responder: Responder,
 }
 
@@ -255,9 +309,14 @@ pub struct AwaitApply {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServeRead {
+    /// The key to read.
     pub key: String,
+    /// The read index: the commit index a majority confirmed; the key is read
+    /// once this index is applied.
     pub index: LogIndex,
+    /// The gateway's node-unique id for the request, for tracing.
     pub request_id: u64,
+    /// Gets the value (None: no such key).
     pub responder: Responder,
 }
 
@@ -272,8 +331,12 @@ pub struct TakeSnapshot;
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct InstallSnapshot {
+    /// The snapshot's applied index, as the leader's seal gives it; the decoded
+    /// state must be at the same point.
     pub index: LogIndex,
+    /// The term of the entry at `index`, checked the same way.
     pub term: Term,
+    /// The decoded state, for the state machine and for the store.
     pub snapshot: DecodedSnapshot,
 }
 
@@ -282,9 +345,12 @@ pub struct InstallSnapshot {
 #[rtype(result = "ApplyStatus")]
 pub struct GetApplyStatus;
 
+/// What the CommitActor knows for `status`; the ElectionActor adds [`ConsensusStatus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStatus {
+    /// The last entry applied to the state machine.
     pub applied_index: LogIndex,
+    /// The last applied index the state store holds durably.
     pub flushed_index: LogIndex,
     /// State-store flushes failed in a row (0: the store is healthy).
     pub flush_failures: u64,
@@ -296,8 +362,12 @@ pub struct ApplyStatus {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct LeaderChanged {
+    /// The leader of `term` as far as this node knows (its own id if it leads);
+    /// None if none is known.
     pub leader: Option<NodeId>,
+    /// The current term.
     pub term: Term,
+    /// This node's role; only a leader takes reads and writes.
     pub role: Role,
 }
 
@@ -305,7 +375,10 @@ pub struct LeaderChanged {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientCall {
+    /// The request as decoded from the connection.
     pub request: protocol::ClientRequest,
+    /// The connection's answer channel. Answers carry the request's `id`; one
+    /// that finds the channel full (a client not reading) is dropped.
     pub reply: tokio::sync::mpsc::Sender<protocol::ClientResponse>,
 }
 

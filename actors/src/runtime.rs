@@ -14,7 +14,7 @@ pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
     }
 }
 
-/// Exit code of a node stopped by [`fatal`].
+/// Exit code of a node stopped by `fatal`.
 pub const EXIT_FATAL: i32 = 70;
 
 /// A failure this node cannot recover from without losing durability: the

@@ -77,14 +77,18 @@ const STAGING_SUFFIX: &str = ".incoming";
 /// the store must hold (sharing one key-value map).
 #[derive(Debug)]
 pub struct DecodedSnapshot {
+    /// The state machine, to replace the CommitActor's.
     pub state: StateMachine,
+    /// The same state as the store must hold it (sessions encoded as rows).
     pub stored: StoredState,
 }
 
 /// The length and CRC-32 of a whole snapshot, as the seal carries them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seal {
+    /// Length of the whole snapshot, in bytes.
     pub bytes: u64,
+    /// CRC-32 (IEEE, as `crc32fast` computes it) of the whole snapshot.
     pub checksum: u32,
 }
 
@@ -114,8 +118,11 @@ impl SealSum {
 /// What the encoder thread hands the sending task.
 #[derive(Debug)]
 pub enum Piece {
+    /// The next bytes of the encoding: [`SNAPSHOT_CHUNK_BYTES`] bytes, or fewer for the last piece.
     Data(Vec<u8>),
+    /// Encoding finished; the seal of every byte sent before it.
     End(Seal),
+    /// Encoding failed, for this reason; nothing follows.
     Failed(String),
 }
 
@@ -184,10 +191,16 @@ pub fn spawn_encoder(source: SnapshotSource, thread_name: String) -> std::io::Re
 /// and the snapshot's applied point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
+    /// The leader sending the snapshot.
     pub from: NodeId,
+    /// The follower receiving it.
     pub to: NodeId,
+    /// The leader's term when the transfer started; chunks and acknowledgements
+    /// of another term are not this transfer's.
     pub term: Term,
+    /// The snapshot's applied index (the last entry it includes).
     pub index: LogIndex,
+    /// The term of the entry at `index`.
     pub last_term: Term,
 }
 
@@ -207,14 +220,19 @@ impl Transfer {
     }
 }
 
+/// Why a snapshot transfer ended without a seal.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TransferError {
+    /// The encoder failed, or stopped without finishing.
     #[error("snapshot could not be encoded: {0}")]
     Encode(String),
+    /// The ElectionActor closed the acknowledgement queue: the transfer was dropped.
     #[error("snapshot transfer cancelled")]
     Cancelled,
+    /// No new byte was acknowledged for this long (the pacing's stall limit).
     #[error("no snapshot bytes acknowledged for {0:?}")]
     Stalled(Duration),
+    /// An acknowledgement went back below an earlier one: the follower lost its staged bytes.
     #[error("the follower no longer holds what it acknowledged (restarted?)")]
     FollowerRestarted,
 }
@@ -299,6 +317,7 @@ pub async fn stream_snapshot(
 /// A snapshot a follower is receiving: the chunks so far, in a staging file.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The transfer the staged bytes belong to; chunks of any other are not staged here.
     pub transfer: Transfer,
     path: PathBuf,
     file: File,
@@ -341,6 +360,7 @@ impl Incoming {
         Ok(self.held())
     }
 
+    /// How many bytes are staged: also the offset of the next chunk expected.
     pub fn held(&self) -> u64 {
         self.staged.bytes
     }

@@ -14,32 +14,55 @@ use crate::state::{StateError, StateMachine};
 use crate::storage::{Store, StoreError, Wal, WalError};
 use consensus::{CoreConfig, HardState, MemLog, RaftCore};
 
+/// Why a node could not be rebuilt from its disk.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    /// The write-ahead log could not be opened, repaired or rewritten.
     #[error("write-ahead log: {0}")]
     Wal(#[from] WalError),
+    /// The state store could not be read.
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    /// The stored session table did not decode.
     #[error("state: {0}")]
     State(#[from] StateError),
+    /// The incarnation file could not be written durably.
     #[error("cannot record this start's incarnation in the data folder: {0}")]
     Incarnation(#[from] std::io::Error),
+    /// Snapshot staging files of an earlier run could not be listed or removed.
     #[error("cannot remove the snapshot staging files an earlier run left: {0}")]
     Staging(std::io::Error),
+    /// The store's applied index is below the log's start point: the entries in
+    /// between are in neither.
     #[error(
         "the state store is at index {applied} but the log starts after {start}: entries in between are lost; \
          refusing to start (restore the data folder or wipe it to rejoin as a new node)"
     )]
-    StoreBehindLog { applied: LogIndex, start: LogIndex },
+    StoreBehindLog {
+        /// The store's applied index.
+        applied: LogIndex,
+        /// The log's start point: the last index trimmed from it.
+        start: LogIndex,
+    },
 }
 
+/// What [`recover`] rebuilt, for the actors to take over.
 pub struct Recovered {
+    /// The opened and repaired write-ahead log, for the LogActor.
     pub wal: Wal,
+    /// The state store it read, for the CommitActor.
     pub store: Box<dyn Store>,
+    /// The consensus core with the recovered term, vote and log, for the ElectionActor.
     pub core: RaftCore,
+    /// The state machine as of the store's applied index, for the CommitActor.
     pub state: StateMachine,
 }
 
+/// Rebuilds the node in `settings.data_dir` from its write-ahead log and
+/// `store`: opens the log and cuts a damaged tail (a cut that took synced
+/// records, or a blank log where the node ran before, puts the core in
+/// recovery), removes stale snapshot staging files, aligns the log with the
+/// store's applied point, and records this start's incarnation.
 pub fn recover(settings: &Settings, mut store: Box<dyn Store>) -> Result<Recovered, RecoveryError> {
     // Written at every start: its presence says this node has run here before.
     let started_before = settings.data_dir.join(INCARNATION_FILE).exists();

@@ -35,7 +35,7 @@ use crate::storage::{FlushBatch, KvMap, StoredSessions, StoredState};
 /// Most client sessions remembered; the least recently active is forgotten first.
 pub const MAX_SESSIONS: usize = 50_000;
 /// Most bytes of remembered answers, over all sessions (each answer counts
-/// its value's length plus [`ANSWER_OVERHEAD`]). Small enough that the whole
+/// its value's length plus `ANSWER_OVERHEAD`). Small enough that the whole
 /// table stays cheap to copy into a snapshot.
 /// These bounds are replicated rules: changing one changes what a replayed
 /// entry does, so they change only with the protocol version.
@@ -75,10 +75,13 @@ struct SessionTable {
     evicted_through: LogIndex,
 }
 
+/// Why a snapshot or a session table could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// A snapshot, a session row or a blob-era session table did not decode.
     #[error("snapshot or session table could not be decoded: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// A snapshot or a session row could not be encoded.
     #[error("snapshot could not be encoded: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
 }
@@ -95,6 +98,8 @@ struct SnapshotImage {
     evicted_through: LogIndex,
 }
 
+/// The key-value map, the session table and the applied point. Only
+/// [`StateMachine::apply`] changes its content; a snapshot replaces it whole.
 #[derive(Debug, Default)]
 pub struct StateMachine {
     data: KvMap,
@@ -126,6 +131,8 @@ fn decode_legacy_table(bytes: &[u8]) -> Result<SessionTable, StateError> {
 }
 
 impl StateMachine {
+    /// The state machine of what a store loaded. A blob-era session table is
+    /// marked to be rewritten as rows by the first flush.
     pub fn from_stored(stored: StoredState) -> Result<Self, StateError> {
         let legacy = !stored.sessions.legacy_table.is_empty();
         let stale_rows: Vec<u64> = if legacy {
@@ -172,22 +179,27 @@ impl StateMachine {
         }
     }
 
+    /// The last entry applied (0: none).
     pub fn applied_index(&self) -> LogIndex {
         self.applied_index
     }
 
+    /// The term of that entry (0: none).
     pub fn applied_term(&self) -> Term {
         self.applied_term
     }
 
+    /// The value of `key`; None if there is no such key.
     pub fn get(&self, key: &str) -> Option<String> {
         self.data.get(key).cloned()
     }
 
+    /// How many keys are held.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
@@ -401,10 +413,12 @@ impl StateMachine {
 pub struct SnapshotSource(SnapshotImage);
 
 impl SnapshotSource {
+    /// The last entry the snapshot includes.
     pub fn applied_index(&self) -> LogIndex {
         self.0.applied_index
     }
 
+    /// The term of that entry.
     pub fn applied_term(&self) -> Term {
         self.0.applied_term
     }

@@ -63,20 +63,39 @@ static STATE: Mutex<Option<Arc<State>>> = Mutex::new(None);
 /// Why `kv_init` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// `kv_init` already succeeded and `kv_shutdown` was not called since.
     #[error("already initialized (call kv_shutdown first)")]
     AlreadyInitialized,
+    /// The server list pointer is NULL.
     #[error("the server list is NULL")]
     NullList,
+    /// The server list has no entry.
     #[error("the server list is empty")]
     EmptyList,
+    /// The server list has more than [`MAX_SERVERS`] entries (or no NULL at its end).
     #[error("the server list has more than {MAX_SERVERS} entries (is it NULL-terminated?)")]
     TooManyServers,
+    /// An entry of the server list is not a valid `host:port`.
     #[error("server list entry {index} is not host:port: {reason}")]
-    Malformed { index: usize, reason: String },
+    Malformed {
+        /// The entry's position in the list, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An environment variable that `kv_init` reads is invalid.
     #[error("{name} is invalid: {reason}")]
-    Environment { name: &'static str, reason: String },
+    Environment {
+        /// The variable's name.
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The library's tokio runtime could not be started.
     #[error("cannot start the client runtime")]
     Runtime(#[source] std::io::Error),
+    /// No listed server accepted the connection and the handshake (holds the
+    /// last error, or a handshake rejection).
     #[error("no listed server answered")]
     Unreachable(#[source] Error),
 }

@@ -20,6 +20,8 @@
 //! # let _ = old; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod connection;
 pub mod ffi;
 mod session;
@@ -97,7 +99,9 @@ pub enum Error {
     /// managed to send its request, so a write failing this way was not applied.
     #[error("cannot connect to {endpoint}")]
     Connect {
+        /// The endpoint tried.
         endpoint: String,
+        /// The socket error, or a timeout of the connection and handshake together.
         #[source]
         source: std::io::Error,
     },
@@ -105,10 +109,18 @@ pub enum Error {
     /// its error, in the order tried. Like `Connect`, only returned when the
     /// request was never sent, so a write failing this way was not applied.
     #[error("cannot connect to any endpoint: {}", describe_failures(.failures))]
-    Unreachable { failures: Vec<(String, std::io::Error)> },
+    Unreachable {
+        /// Each endpoint tried, with its error.
+        failures: Vec<(String, std::io::Error)>,
+    },
     /// A node refused the handshake (wrong cluster id, unsupported version, ...).
     #[error("{endpoint} refused the handshake: {message}")]
-    Handshake { endpoint: String, message: String },
+    Handshake {
+        /// The node that refused.
+        endpoint: String,
+        /// The node's reason.
+        message: String,
+    },
     /// The operation's deadline passed. For a write the outcome is unknown: it
     /// may or may not have been applied (at most once).
     #[error("request timed out (a write may or may not have been applied)")]
@@ -118,15 +130,25 @@ pub enum Error {
     NoEndpoints,
     /// The connection was closed before the answer arrived.
     #[error("connection to {endpoint} closed")]
-    ConnectionClosed { endpoint: String },
+    ConnectionClosed {
+        /// The endpoint of the connection.
+        endpoint: String,
+    },
     /// The encoded request would not fit in a client frame.
     #[error("request is {len} bytes encoded, more than the frame limit of {max}")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The encoded request's length, in bytes.
+        len: usize,
+        /// The client frame limit, in bytes.
+        max: usize,
+    },
     /// The server answered with a reply of the wrong kind.
     #[error("unexpected reply from the server: {0}")]
     UnexpectedReply(String),
+    /// A socket error during the handshake, after the connection was made.
     #[error("i/o error")]
     Io(#[from] std::io::Error),
+    /// A message could not be encoded, or a node's handshake reply could not be decoded.
     #[error(transparent)]
     Wire(#[from] WireError),
 }

@@ -19,8 +19,10 @@ pub const MAX_VALUE_BYTES: usize = protocol::limits::DEFAULT_MAX_VALUE_BYTES;
 /// Why a key or value is refused. The messages are the original's, word for word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidInput {
+    /// The key breaks the key rule.
     #[error("Invalid key: Keys must be printable ASCII (without '[' or ']') and ≤ 128 bytes")]
     Key,
+    /// The value breaks the value rule.
     #[error("Invalid value: Values must be printable ASCII and ≤ 2048 bytes")]
     Value,
 }

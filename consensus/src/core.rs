@@ -82,7 +82,9 @@ mod replication;
 /// Term and vote: what must be durable before any message depending on it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HardState {
+    /// The node's current term; it never decreases.
     pub term: Term,
+    /// The node this one voted for in `term` (None: no vote yet).
     pub voted_for: Option<NodeId>,
     /// Recovering from lost durable state (invariant 9). Absent from records
     /// written before it existed, hence the default.
@@ -93,6 +95,7 @@ pub struct HardState {
 /// Tunables of the core that are not timers (timers belong to the caller).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// This node's id.
     pub id: NodeId,
     /// Every voting member, this node included.
     pub members: Vec<NodeId>,
@@ -118,7 +121,9 @@ pub type ReadId = u64;
 /// the core the `InstallSnapshot` that produced this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotToInstall {
+    /// The index the snapshot's state is applied up to; the log restarts after it.
     pub index: LogIndex,
+    /// The term of the entry at `index`.
     pub term: Term,
 }
 
@@ -163,6 +168,8 @@ impl Ready {
     }
 }
 
+/// One node's Raft state machine: feed it events, then carry out the [`Ready`]
+/// from [`RaftCore::take_ready`].
 #[derive(Debug)]
 pub struct RaftCore {
     config: CoreConfig,
@@ -227,27 +234,35 @@ impl RaftCore {
 
     // ----- observers -----
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
     }
+    /// The current term.
     pub fn term(&self) -> Term {
         self.hard.term
     }
+    /// The term, vote and recovery flag now in force.
     pub fn hard_state(&self) -> HardState {
         self.hard
     }
+    /// The current role.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// The leader of the current term if this node knows it (itself while leading).
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The highest log index known to be committed.
     pub fn commit_index(&self) -> LogIndex {
         self.commit
     }
+    /// The in-memory log.
     pub fn log(&self) -> &MemLog {
         &self.log
     }
+    /// The highest log index known to be durable on this node's own disk.
     pub fn durable_index(&self) -> LogIndex {
         self.durable
     }
@@ -482,8 +497,9 @@ impl RaftCore {
         self.broadcast_append(AppendKind::Heartbeat);
     }
 
-    /// Called once per election timeout while leading: a leader that has not
-    /// heard from a majority in that time steps down, so a minority side of a
+    /// Called periodically while leading (the node calls it every two
+    /// election timeouts): a leader that has not heard from a majority since
+    /// the last call steps down, so a minority side of a
     /// partition stops claiming leadership.
     pub fn check_quorum(&mut self) {
         if self.role != Role::Leader {

@@ -6,6 +6,8 @@
 //! safe. The crate depends on the wire types and nothing that does I/O, so
 //! every rule is a unit test without sockets.
 
+#![warn(missing_docs)]
+
 mod core;
 mod log;
 mod persist;

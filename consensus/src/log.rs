@@ -18,6 +18,8 @@ pub fn encoded_size_estimate(entry: &Entry) -> usize {
     payload + 128
 }
 
+/// The entries after the last trim or snapshot point, and that point's index
+/// and term.
 #[derive(Debug, Clone, Default)]
 pub struct MemLog {
     /// Index and term of the last entry dropped by trimming or replaced by a snapshot.
@@ -45,22 +47,27 @@ impl MemLog {
         log
     }
 
+    /// The index of the last entry dropped by trimming or replaced by a snapshot (0: none).
     pub fn start_index(&self) -> LogIndex {
         self.start_index
     }
 
+    /// The term of the entry at `start_index`.
     pub fn start_term(&self) -> Term {
         self.start_term
     }
 
+    /// `start_index + 1`: the index of the first entry, whether or not it is held yet.
     pub fn first_index(&self) -> LogIndex {
         self.start_index + 1
     }
 
+    /// The index of the last entry held (`start_index` if none is).
     pub fn last_index(&self) -> LogIndex {
         self.start_index + self.entries.len() as LogIndex
     }
 
+    /// The term of the last entry held (`start_term` if none is).
     pub fn last_term(&self) -> Term {
         self.entries.back().map_or(self.start_term, |e| e.term)
     }
@@ -76,6 +83,7 @@ impl MemLog {
         }
     }
 
+    /// The entry at `index`, if held (None at or before the start point).
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         if index > self.start_index && index <= self.last_index() {
             Some(&self.entries[(index - self.first_index()) as usize])
@@ -168,10 +176,12 @@ impl MemLog {
         }
     }
 
+    /// The number of entries held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no entry is held (the start point may still be above 0).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

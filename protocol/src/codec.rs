@@ -7,8 +7,10 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 /// Errors of encoding or decoding one message.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// A frame did not hold a valid message of the expected type.
     #[error("malformed message: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// A message could not be encoded.
     #[error("message could not be encoded: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
 }
@@ -42,10 +44,13 @@ pub struct FrameCodec {
 const HEADER: usize = 4;
 
 impl FrameCodec {
+    /// The largest frame payload, in bytes (the 4-byte header not counted), that
+    /// this codec decodes or encodes.
     pub fn max_frame_length(&self) -> usize {
         self.max_frame
     }
 
+    /// Changes the largest frame payload accepted (nodes raise it after the handshake).
     pub fn set_max_frame_length(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
         self.inner.set_max_frame_length(max_frame);

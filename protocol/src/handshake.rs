@@ -18,20 +18,31 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// Who is connecting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Party {
+    /// A client, on a node's client port.
     Client,
-    Peer { node_id: NodeId },
+    /// Another node of the cluster, on the peer port.
+    Peer {
+        /// The connecting node's id.
+        node_id: NodeId,
+    },
 }
 
 /// The opening frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// Always [`MAGIC`].
     pub magic: String,
+    /// The sender's [`PROTOCOL_VERSION`].
     pub version: u16,
+    /// The cluster the sender expects; a client may leave it empty (any cluster).
     pub cluster_id: String,
+    /// Who is connecting.
     pub party: Party,
 }
 
 impl Hello {
+    /// A hello from `party` for cluster `cluster_id`, with this build's magic and
+    /// protocol version.
     pub fn new(cluster_id: impl Into<String>, party: Party) -> Self {
         Hello {
             magic: MAGIC.to_string(),
@@ -85,26 +96,38 @@ impl Hello {
 /// Why a handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectReason {
+    /// The first frame's magic was not [`MAGIC`]: not a kvs connection.
     BadMagic,
+    /// The hello's protocol version is not the node's.
     UnsupportedVersion,
+    /// The hello names another cluster.
     WrongCluster,
+    /// A client on the peer port, or a peer on the client port.
     WrongPort,
+    /// A peer whose node id is not another member of the node's cluster.
     UnknownNode,
+    /// The first frame was not a valid hello.
     Malformed,
 }
 
 /// The answer to a [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
+    /// The handshake succeeded: requests (or peer messages) may follow.
     Accepted {
+        /// The accepting node's id.
         node_id: NodeId,
+        /// The accepting node's protocol version.
         version: u16,
         /// The node's applied index: a floor for a client's new sessions.
         #[serde(default)]
         applied_index: LogIndex,
     },
+    /// The handshake failed; the accepting side closes the connection.
     Rejected {
+        /// Why, for programs.
         reason: RejectReason,
+        /// Why, for people.
         message: String,
     },
 }

@@ -7,6 +7,8 @@
 //! nothing of actors or sockets; `WIRE.md` beside it is the description for
 //! someone writing a client in another language.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod codec;
 pub mod handshake;

@@ -90,16 +90,27 @@ pub fn key_value_limits_fit(max_key_bytes: usize, max_value_bytes: usize) -> boo
 /// Why a `host:port` endpoint is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
+    /// There is no `:` before a port (holds the endpoint as given).
     #[error("{0:?} is not host:port")]
     NoPort(String),
+    /// Nothing comes before the last `:` (holds the endpoint as given).
     #[error("{0:?} has no host")]
     NoHost(String),
+    /// The host contains whitespace (holds the endpoint as given).
     #[error("{0:?} has whitespace in its host")]
     WhitespaceInHost(String),
+    /// The host has a `[` or `]` but is not one non-empty bracketed address
+    /// (holds the endpoint as given).
     #[error("{0:?} has a malformed bracketed host")]
     MalformedBrackets(String),
+    /// The port is not a decimal number from 1 to 65535.
     #[error("{endpoint:?} has an invalid port {port:?} (1 to 65535, decimal digits only)")]
-    InvalidPort { endpoint: String, port: String },
+    InvalidPort {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The text after the last `:`.
+        port: String,
+    },
 }
 
 /// Checks one `host:port` endpoint: a host without whitespace, and a port

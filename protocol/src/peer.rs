@@ -10,33 +10,48 @@ use crate::{LogIndex, NodeId, Session, Term};
 pub enum Command {
     /// Appended by every new leader so it can commit an entry of its own term.
     Noop,
+    /// Store `value` under `key`.
     Put {
+        /// The key written.
         key: String,
+        /// The value stored.
         value: String,
+        /// The client's exactly-once session for this write, if it sent one.
         session: Option<Session>,
     },
+    /// Remove `key`.
     Delete {
+        /// The key removed.
         key: String,
+        /// The client's exactly-once session for this write, if it sent one.
         session: Option<Session>,
     },
 }
 
+/// One entry of the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Its position in the log (the first entry is 1).
     pub index: LogIndex,
+    /// The term of the leader that appended it.
     pub term: Term,
     /// The gateway's id for the client request that caused the entry (0 for none),
     /// so one write can be followed through every node's traces.
     pub request_id: u64,
+    /// What applying it does.
     pub command: Command,
 }
 
 /// Every peer message carries its sender and the sender's current term.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerEnvelope {
+    /// The sending node.
     pub from: NodeId,
+    /// The node it is meant for; any other node ignores it.
     pub to: NodeId,
+    /// The sender's current term (for a `PreVote`, the term it proposes).
     pub term: Term,
+    /// The message itself.
     pub message: PeerMessage,
 }
 
@@ -48,20 +63,30 @@ pub struct PeerEnvelope {
 pub enum PeerMessage {
     /// Vote for me in the envelope's term.
     RequestVote(VoteRequest),
+    /// The answer to a `RequestVote`.
     VoteResponse(VoteResponse),
     /// Would you vote for me in the envelope's term (Raft thesis 9.6)? Changes
     /// nothing on either side: no term is raised and no vote is spent, so a
     /// node cut off from the others cannot depose a healthy leader when it
     /// returns. The envelope's term is the term the sender proposes.
     PreVote(VoteRequest),
+    /// The answer to a `PreVote`.
     PreVoteResponse(PreVoteResponse),
+    /// Entries for a follower to append, from the leader; none in a heartbeat.
     AppendEntries(AppendEntries),
+    /// The answer to an `AppendEntries` (and the refusal of a stale snapshot message).
     AppendResponse(AppendResponse),
+    /// One piece of a snapshot the leader streams to a follower.
     SnapshotChunk(SnapshotChunk),
+    /// The answer to a `SnapshotChunk`.
     SnapshotChunkAck(SnapshotChunkAck),
+    /// The leader's seal on a fully streamed snapshot: install it.
     InstallSnapshot(InstallSnapshot),
+    /// The answer to an `InstallSnapshot`.
     SnapshotResponse(SnapshotResponse),
+    /// Which term is the cluster in? From a node recovering from lost durable state.
     TermProbe(TermProbe),
+    /// The answer to a `TermProbe`.
     TermProbeReply(TermProbeReply),
 }
 
@@ -69,13 +94,16 @@ pub enum PeerMessage {
 /// up-to-date check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRequest {
+    /// The index of the last entry in the candidate's log.
     pub last_log_index: LogIndex,
+    /// The term of the last entry in the candidate's log.
     pub last_log_term: Term,
 }
 
 /// The answer to a `RequestVote`, in the envelope's term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteResponse {
+    /// Whether the vote was given.
     pub granted: bool,
 }
 
@@ -85,6 +113,7 @@ pub struct VoteResponse {
 pub struct PreVoteResponse {
     /// The term the pre-candidate proposed.
     pub term: Term,
+    /// Whether the answering node would vote for the sender in that term.
     pub granted: bool,
 }
 
@@ -92,12 +121,18 @@ pub struct PreVoteResponse {
 /// confirmations; `trim_to` is the index every node may drop its log up to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendEntries {
+    /// The index of the entry just before `entries` in the leader's log.
     pub prev_log_index: LogIndex,
+    /// The term of that entry, for the follower's consistency check.
     pub prev_log_term: Term,
     /// The entries after `prev_log_index`, one by one.
     pub entries: Vec<Entry>,
+    /// The leader's commit index.
     pub leader_commit: LogIndex,
+    /// The leader's current read-confirmation round (0: none started in its term).
     pub read_round: u64,
+    /// The index every node may drop its log up to (each no further than its
+    /// own state store has flushed).
     pub trim_to: LogIndex,
     /// The recipient's incarnation as the leader last heard it (0: not yet).
     #[serde(default)]
@@ -108,8 +143,12 @@ pub struct AppendEntries {
 /// on failure `hint` is where the follower suggests the leader retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResponse {
+    /// Whether the follower's log matched at `prev_log_index` and took the entries.
     pub success: bool,
+    /// On success, the last index known to equal the leader's log; 0 on failure.
     pub match_index: LogIndex,
+    /// On failure, the index to retry from (0: no suggestion, the refusal only
+    /// tells a stale leader the newer term); 0 on success.
     pub hint: LogIndex,
     /// The leader's read round this answers.
     pub read_round: u64,
@@ -127,10 +166,13 @@ pub struct AppendResponse {
 /// expects next and answers every piece with a `SnapshotChunkAck`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotChunk {
+    /// The index the snapshot's state is applied up to; names the snapshot.
     pub last_index: LogIndex,
+    /// The term of the entry at `last_index`.
     pub last_term: Term,
     /// Where `data` starts in the snapshot.
     pub offset: u64,
+    /// The piece's bytes.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
@@ -138,8 +180,11 @@ pub struct SnapshotChunk {
 /// The follower holds the first `next_offset` bytes of snapshot `last_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotChunkAck {
+    /// The snapshot acknowledged (its `last_index`).
     pub last_index: LogIndex,
+    /// The snapshot's `last_term`.
     pub last_term: Term,
+    /// How many bytes of the snapshot the follower holds (0: none, the leader starts over).
     pub next_offset: u64,
 }
 
@@ -147,17 +192,24 @@ pub struct SnapshotChunkAck {
 /// over all of it. The follower installs it if what it holds matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshot {
+    /// The index the snapshot's state is applied up to.
     pub last_index: LogIndex,
+    /// The term of the entry at `last_index`.
     pub last_term: Term,
+    /// The snapshot's total length, in bytes.
     pub bytes: u64,
+    /// CRC-32 (IEEE) of the whole snapshot.
     pub checksum: u32,
+    /// The leader's current read round, as in `AppendEntries`.
     pub read_round: u64,
 }
 
 /// The follower holds the state up to `last_index`, durably.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotResponse {
+    /// The index up to which the follower now holds the state.
     pub last_index: LogIndex,
+    /// The read round of the `InstallSnapshot` answered.
     pub read_round: u64,
     /// As in `AppendResponse`.
     #[serde(default)]
@@ -170,7 +222,9 @@ pub struct SnapshotResponse {
 /// older one is never taken for an answer to this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TermProbe {
+    /// The sender's incarnation (see `AppendResponse::incarnation`).
     pub incarnation: u64,
+    /// The probe's round within that incarnation: a new one at each election timeout.
     pub round: u64,
 }
 
@@ -178,8 +232,11 @@ pub struct TermProbe {
 /// envelope's; `recovering` says the sender is itself recovering from lost state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TermProbeReply {
+    /// The `incarnation` of the probe answered.
     pub incarnation: u64,
+    /// The `round` of the probe answered.
     pub round: u64,
+    /// Whether the sender is itself recovering from lost durable state.
     pub recovering: bool,
 }
 
@@ -187,8 +244,11 @@ pub struct TermProbeReply {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} = {value} is beyond the limit of {limit}")]
 pub struct OutOfBounds {
+    /// The name of the field that is out of bounds.
     pub field: &'static str,
+    /// The value it had.
     pub value: u64,
+    /// The largest value allowed.
     pub limit: u64,
 }
 

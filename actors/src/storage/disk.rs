@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A file system, as far as durable storage uses one.
 pub trait Disk: Send + 'static {
+    /// An open file of this file system.
     type File: DiskFile;
+    /// Creates `dir` and any missing parents.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The length of the file at `path`, None if there is none.
     fn file_len(&self, path: &Path) -> io::Result<Option<u64>>;
@@ -43,8 +45,12 @@ pub trait Disk: Send + 'static {
 
 /// An open file.
 pub trait DiskFile: Send + 'static {
+    /// Reads the whole content. Call it on a handle just opened: the real file
+    /// reads from its current position.
     fn read_all(&mut self) -> io::Result<Vec<u8>>;
+    /// Writes `data` at `offset`, growing the file if needed; not durable before a sync.
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Cuts or extends (with zeros) the file to `len` bytes; not durable before a sync.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's content durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
@@ -124,11 +130,17 @@ impl DiskFile for File {
 /// What kind of operation a [`SimulatedDisk`] is asked to do (for injected errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// [`DiskFile::write_all_at`].
     Write,
+    /// [`DiskFile::set_len`].
     SetLen,
+    /// [`DiskFile::sync_data`] or [`DiskFile::sync_all`].
     Sync,
+    /// [`Disk::sync_dir`].
     SyncDir,
+    /// [`Disk::rename`].
     Rename,
+    /// Anything else: creating, opening, removing, reading, asking a length.
     Other,
 }
 
@@ -266,6 +278,7 @@ impl Default for SimulatedDisk {
 }
 
 impl SimulatedDisk {
+    /// An empty, powered disk that will inject `faults`.
     pub fn new(faults: Faults) -> SimulatedDisk {
         SimulatedDisk {
             state: Arc::new(Mutex::new(DiskState {
@@ -286,6 +299,7 @@ impl SimulatedDisk {
         self.lock().operations
     }
 
+    /// Replaces the faults to inject from now on (the operation count goes on).
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
     }

@@ -24,8 +24,11 @@ pub type KvMap = imbl::OrdMap<String, String>;
 pub struct StoredState {
     /// The last log entry whose effect is included.
     pub applied_index: LogIndex,
+    /// The term of that entry.
     pub applied_term: Term,
+    /// Every key and its value.
     pub data: KvMap,
+    /// The exactly-once session table.
     pub sessions: StoredSessions,
 }
 
@@ -83,14 +86,20 @@ impl StoredState {
 /// The changes applied since the last flush, written atomically with the new applied point.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlushBatch {
+    /// The last entry whose effect the batch includes; recorded with the changes.
     pub applied_index: LogIndex,
+    /// The term of that entry.
     pub applied_term: Term,
+    /// Keys written since the last flush, with their current values.
     pub upserts: Vec<(String, String)>,
+    /// Keys removed since the last flush.
     pub deletes: Vec<String>,
     /// Sessions changed since the last flush (their whole new row), and
     /// sessions forgotten since then.
     pub session_upserts: Vec<(u64, Vec<u8>)>,
+    /// Clients whose sessions were forgotten since the last flush.
     pub session_deletes: Vec<u64>,
+    /// The state machine's eviction watermark as of `applied_index`.
     pub evicted_through: LogIndex,
 }
 
@@ -130,12 +139,16 @@ fn split_changes<K, V>(changes: HashMap<K, Option<V>>) -> (Vec<(K, V)>, Vec<K>) 
     (writes, removals)
 }
 
+/// Why a state store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file operation of the store failed.
     #[error("state store I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The engine (redb or MongoDB) reported an error, or the store refused the operation.
     #[error("state store engine failed: {0}")]
     Engine(String),
+    /// The store holds data that does not decode, or that belongs to another node.
     #[error("state store holds corrupt data: {0}")]
     Corrupt(String),
 }

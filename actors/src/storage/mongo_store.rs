@@ -112,21 +112,35 @@ const MAX_COMMAND_BYTES: usize = 8 << 20;
 pub struct MongoConfig {
     /// Connection string; may hold credentials, so it is never logged as is (see [`redact_uri`]).
     pub uri: String,
+    /// The node's database (`<prefix>_<cluster id>_<node id>`).
     pub database: String,
+    /// The cluster's id: written into the meta document, and checked at every load.
     pub cluster_id: String,
+    /// This node's id, written and checked with the cluster id.
     pub node_id: u64,
     /// Bound of server selection and connecting: how long one operation waits for an unreachable server.
     pub timeout: Duration,
 }
 
+/// Why [`MongoStore::connect`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The connection string did not parse.
     #[error("invalid MongoDB URI {uri}: {message}")]
-    InvalidUri { uri: String, message: String },
+    InvalidUri {
+        /// The connection string, secrets redacted.
+        uri: String,
+        /// The driver's error, secrets scrubbed.
+        message: String,
+    },
+    /// The server did not answer a `ping`, or the client could not be made.
     #[error("cannot reach MongoDB at {uri} (database {database}): {message}")]
     Unreachable {
+        /// The connection string, secrets redacted.
         uri: String,
+        /// The node's database.
         database: String,
+        /// The driver's error, secrets scrubbed.
         message: String,
     },
 }
@@ -175,6 +189,7 @@ impl Default for Active {
     }
 }
 
+/// The state store on a MongoDB server (see the module documentation for the layout).
 pub struct MongoStore {
     db: Database,
     cluster_id: String,

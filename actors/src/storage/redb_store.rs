@@ -5,7 +5,7 @@
 //! machine); `meta` (&str -> &[u8]) holds `applied_index`, `applied_term` and
 //! `evicted_through` (u64 big-endian). Versions before per-session rows kept
 //! the whole session table as one blob under the meta key `sessions`; it is
-//! read as [`StoredSessions::legacy_table`] and removed by the first flush,
+//! read as [`StoredSessions::legacy_table`](super::StoredSessions::legacy_table) and removed by the first flush,
 //! which writes the rows in the same transaction. Every write is one
 //! transaction committed with redb's default durability, which fsyncs before
 //! `commit` returns, so the rows and the applied point always agree.
@@ -29,6 +29,7 @@ const EVICTED_THROUGH: &str = "evicted_through";
 /// The meta key of the whole-table blob of older versions.
 const LEGACY_SESSIONS: &str = "sessions";
 
+/// The state store in one redb database file, `<dir>/state.redb`.
 pub struct RedbStore {
     db: Database,
 }

@@ -77,12 +77,16 @@ pub const PREALLOC_BYTES: u64 = 1024 * 1024;
 /// Capacity the reusable buffer keeps between calls; one huge batch should not pin its memory.
 const KEEP_BUF_BYTES: usize = 1024 * 1024;
 
+/// One record of the log file; the module documentation says how replay applies each.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WalRecord {
+    /// Term, vote and the recovery flag; the last one in the file wins.
     HardState(HardState),
     /// The log now starts after (index, term): everything before is trimmed or in a snapshot; drops all entries.
     LogStart {
+        /// The last index trimmed (or included in a snapshot); the next entry is `index + 1`.
         index: LogIndex,
+        /// The term of the entry at `index`.
         term: Term,
     },
     /// An entry; it replaces whatever the log held at its index and after.
@@ -90,6 +94,7 @@ pub enum WalRecord {
     /// The first `through` bytes of this file were made durable by an fsync
     /// that completed (see "Torn tails and lost synced records").
     Synced {
+        /// A length of this file from its start, in bytes.
         through: u64,
     },
 }
@@ -97,12 +102,16 @@ pub enum WalRecord {
 /// Largest payload of a `Synced` record (what the scan after damage looks for).
 const MAX_SYNCED_PAYLOAD: usize = 24;
 
+/// Why a write-ahead log operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A file operation failed.
     #[error("write-ahead log I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A record did not encode as MessagePack.
     #[error("write-ahead log record could not be encoded: {0}")]
     Encode(String),
+    /// A record's payload, of this many bytes, is over [`MAX_RECORD_BYTES`].
     #[error("write-ahead log record of {0} bytes exceeds the {MAX_RECORD_BYTES} byte limit")]
     RecordTooLarge(usize),
     /// An earlier write or sync failed, so what the file holds is unknown
@@ -118,6 +127,7 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// From the last `LogStart` (0 if none).
     pub start_index: LogIndex,
+    /// The term of the entry at `start_index` (0 if none).
     pub start_term: Term,
     /// The log after the start point: contiguous, in index order.
     pub entries: Vec<Entry>,
