@@ -1,7 +1,7 @@
 //! HeartbeatActor: owns the node's timers.
 //!
 //! As leader: heartbeat ticks every `heartbeat_interval`, a quorum check every
-//! `election_timeout`, a trim tick every `trim_interval`. Otherwise: one
+//! two `election_timeout`s, a trim tick every `trim_interval`. Otherwise: one
 //! election timer, started over whenever the ElectionActor says so (short
 //! until a first leader is heard, see [`boot_election_timeout`]). Every
 //! election timer carries the generation it was armed with; the ElectionActor
@@ -19,23 +19,48 @@ use tracing::{info, info_span};
 use crate::election::ElectionActor;
 use crate::messages::*;
 
+/// Runs the node's timers and sends their ticks to the ElectionActor.
 pub struct HeartbeatActor {
     settings: Arc<Settings>,
     view: SharedView,
     election: Addr<ElectionActor>,
     election_timer: Option<SpawnHandle>,
+    /// The last election timer the ElectionActor asked for: a restart arms it
+    /// again, or a follower whose leader is gone would never time out.
+    last_armed: Option<ArmElectionTimer>,
     leader_timers: Vec<SpawnHandle>,
 }
 
 impl HeartbeatActor {
+    /// Starts with no timer running: the ElectionActor's first [`RoleChanged`]
+    /// and [`ArmElectionTimer`] start them.
     pub fn new(settings: Arc<Settings>, view: SharedView, election: Addr<ElectionActor>) -> Self {
         HeartbeatActor {
             settings,
             view,
             election,
             election_timer: None,
+            last_armed: None,
             leader_timers: Vec::new(),
         }
+    }
+
+    fn arm_election_timer(&mut self, arm: ArmElectionTimer, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.election_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let members = self.settings.member_ids();
+        let base = if arm.at_boot {
+            boot_election_timeout(self.settings.election_timeout)
+        } else {
+            self.settings.election_timeout
+        };
+        let timeout = election_timeout_for(base, self.settings.node_id, &members, rand::thread_rng().gen());
+        let generation = arm.generation;
+        self.election_timer = Some(ctx.run_later(timeout, move |act, _| {
+            act.election_timer = None;
+            act.election.do_send(Tick::ElectionTimeout { generation });
+        }));
     }
 
     fn cancel_leader_timers(&mut self, ctx: &mut Context<Self>) {
@@ -91,6 +116,9 @@ impl Supervised for HeartbeatActor {
         self.leader_timers.clear();
         if self.view.role() == Role::Leader {
             self.start_leader_timers(ctx);
+        } else if let Some(arm) = self.last_armed {
+            // A tick of a generation the ElectionActor has left behind is ignored there.
+            self.arm_election_timer(ArmElectionTimer { at_boot: false, ..arm }, ctx);
         }
     }
 }
@@ -116,21 +144,8 @@ impl Handler<ArmElectionTimer> for HeartbeatActor {
     type Result = ();
 
     fn handle(&mut self, arm: ArmElectionTimer, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.election_timer.take() {
-            ctx.cancel_future(handle);
-        }
-        let members = self.settings.member_ids();
-        let base = if arm.at_boot {
-            boot_election_timeout(self.settings.election_timeout)
-        } else {
-            self.settings.election_timeout
-        };
-        let timeout = election_timeout_for(base, self.settings.node_id, &members, rand::thread_rng().gen());
-        let generation = arm.generation;
-        self.election_timer = Some(ctx.run_later(timeout, move |act, _| {
-            act.election_timer = None;
-            act.election.do_send(Tick::ElectionTimeout { generation });
-        }));
+        self.last_armed = Some(arm);
+        self.arm_election_timer(arm, ctx);
     }
 }
 
