@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use integration::client::Error;
+use integration::client::{Client, Error};
 use integration::protocol::{
     ClientError, ClientRequest, ClientResponse, HelloReply, Operation, Party, RejectReason, Reply,
 };
@@ -28,148 +28,152 @@ async fn expect_refused_and_closed(conn: &mut RawConn, what: &str) -> Vec<(Rejec
         .collect()
 }
 
-#[tokio::test]
-async fn hostile_input_on_client_and_peer_ports() {
-    let mut cluster = TestCluster::start("hostile", 3, Timers::default());
-    let bound = cluster.timers().election_bound();
-    let (leader, _) = cluster.wait_for_leader(bound).await;
-    let client = cluster.client();
-    assert_eq!(client.put("before", "hostility").await.expect("put"), None);
+/// A three-node cluster that holds `before` = `hostility`, and the follower
+/// the hostile input is aimed at; each test gets its own, so one failure
+/// hides no other.
+struct Besieged {
+    cluster: TestCluster,
+    client: Client,
+    leader: u64,
+    target: u64,
+    client_port: String,
+    peer_port: String,
+    pid: u32,
+    rss_before: Option<u64>,
+}
 
-    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
-    let client_port = cluster.endpoint(target);
-    let peer_port = cluster.peer_endpoint(target);
-    let pid = cluster.pid(target).expect("target runs");
-    let rss_before = resident_kib(pid);
+impl Besieged {
+    async fn start(name: &str) -> Besieged {
+        let mut cluster = TestCluster::start(name, 3, Timers::default());
+        let bound = cluster.timers().election_bound();
+        let (leader, _) = cluster.wait_for_leader(bound).await;
+        let client = cluster.client();
+        assert_eq!(client.put("before", "hostility").await.expect("put"), None);
 
-    // (a) Garbage instead of a hello on the client port: unframed text (whose
-    // first four bytes announce ~1.2 GB), then a well-framed non-hello.
-    for (label, bytes) in [
+        let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+        let client_port = cluster.endpoint(target);
+        let peer_port = cluster.peer_endpoint(target);
+        let pid = cluster.pid(target).expect("target runs");
+        let rss_before = resident_kib(pid);
+        Besieged {
+            cluster,
+            client,
+            leader,
+            target,
+            client_port,
+            peer_port,
+            pid,
+            rss_before,
+        }
+    }
+
+    /// A connection to the target's peer port, past a valid handshake as another node.
+    async fn peer_link_as_another_node(&self) -> RawConn {
+        let other = self
+            .cluster
+            .ids()
+            .into_iter()
+            .find(|&id| id != self.target)
+            .expect("another node");
+        let mut conn = RawConn::connect(&self.peer_port).await;
+        let reply = conn
+            .hello(self.cluster.cluster_id(), Party::Peer { node_id: other })
+            .await;
+        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        conn
+    }
+
+    /// Nothing of it hurt: every node runs, none grew by the announced sizes, the cluster serves.
+    async fn assert_unharmed(mut self) {
+        let cluster = &mut self.cluster;
+        let client = &self.client;
+        let bound = cluster.timers().election_bound();
+        let leader_now = cluster.wait_for_leader(bound).await.0;
+        assert_eq!(client.put("after", "still serving").await.expect("put"), None);
+        assert_eq!(client.get("before").await.expect("get").as_deref(), Some("hostility"));
+        assert_eq!(
+            client.get("after").await.expect("get").as_deref(),
+            Some("still serving")
+        );
+        for id in cluster.ids() {
+            assert!(cluster.is_running(id), "node {id} died: {:?}", cluster.last_exit(id));
+        }
+        if let (Some(before), Some(after)) = (self.rss_before, resident_kib(self.pid)) {
+            assert!(
+                after < before + 64 * 1024,
+                "node {} grew from {before} KiB to {after} KiB resident",
+                self.target
+            );
+        }
+        // A connection left open after a valid hello is still a working one.
+        let mut conn = RawConn::connect(&cluster.endpoint(leader_now)).await;
+        conn.hello(cluster.cluster_id(), Party::Client).await;
+        conn.send(&ClientRequest {
+            id: 99,
+            op: Operation::Status,
+        })
+        .await
+        .expect("send status");
+        match conn.next_frame(CLOSE_LIMIT).await {
+            Next::Frame(frame) => {
+                let response: ClientResponse = integration::protocol::decode(&frame).expect("decodes");
+                assert_eq!(response.id, 99);
+                assert!(matches!(response.result, Ok(Reply::Status(_))), "{response:?}");
+            }
+            other => panic!("no status answer: {other:?}"),
+        }
+    }
+}
+
+/// Unframed text (whose first four bytes announce ~1.2 GB), then a well-framed non-hello.
+fn garbage_hellos() -> [(&'static str, Vec<u8>); 2] {
+    [
         ("http request", b"GET / HTTP/1.1\r\nHost: kvs\r\n\r\n".to_vec()),
         ("framed garbage", {
             let mut b = 16u32.to_be_bytes().to_vec();
             b.extend((0..16u8).map(|i| i.wrapping_mul(37) ^ 0xC1));
             b
         }),
-    ] {
-        let mut conn = RawConn::connect(&client_port).await;
-        conn.send_bytes(&bytes).await.expect("send garbage");
-        let refusals = expect_refused_and_closed(&mut conn, label).await;
-        for (reason, message) in refusals {
-            assert_eq!(reason, RejectReason::Malformed, "{label}: {message}");
-        }
-    }
+    ]
+}
 
-    // (a') The same garbage instead of a hello on the peer port.
-    for (label, bytes) in [
-        (
-            "http request on the peer port",
-            b"GET / HTTP/1.1\r\nHost: kvs\r\n\r\n".to_vec(),
-        ),
-        ("framed garbage on the peer port", {
-            let mut b = 16u32.to_be_bytes().to_vec();
-            b.extend((0..16u8).map(|i| i.wrapping_mul(37) ^ 0xC1));
-            b
-        }),
-    ] {
-        let mut conn = RawConn::connect(&peer_port).await;
-        conn.send_bytes(&bytes).await.expect("send garbage");
-        for (reason, message) in expect_refused_and_closed(&mut conn, label).await {
-            assert_eq!(reason, RejectReason::Malformed, "{label}: {message}");
+/// Garbage instead of a hello, on the client port and on the peer port: a
+/// Malformed refusal or a bare close.
+#[tokio::test]
+async fn garbage_instead_of_a_hello_is_refused_on_both_ports() {
+    let besieged = Besieged::start("hostile-garbage-hello").await;
+    for (port, on) in [(&besieged.client_port, ""), (&besieged.peer_port, " on the peer port")] {
+        for (kind, bytes) in garbage_hellos() {
+            let label = format!("{kind}{on}");
+            let mut conn = RawConn::connect(port).await;
+            conn.send_bytes(&bytes).await.expect("send garbage");
+            for (reason, message) in expect_refused_and_closed(&mut conn, &label).await {
+                assert_eq!(reason, RejectReason::Malformed, "{label}: {message}");
+            }
         }
     }
-    // ... and after a valid peer handshake: a frame that is no peer message
-    // ends that link, and nothing else (checked at the end: all nodes serve).
+    besieged.assert_unharmed().await;
+}
+
+/// After a valid handshake: on the client port a frame of garbage MessagePack
+/// gets a Malformed answer with id 0 and the connection goes on serving; on
+/// the peer port a frame that is no peer message ends that link, and nothing
+/// else (every node serves after).
+#[tokio::test]
+async fn garbage_after_a_handshake_is_answered_malformed_or_ends_the_peer_link() {
+    let besieged = Besieged::start("hostile-garbage-frames").await;
+    let cluster = &besieged.cluster;
     {
-        let mut conn = RawConn::connect(&peer_port).await;
-        let other = cluster.ids().into_iter().find(|&id| id != target).unwrap();
-        let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: other }).await;
-        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        let mut conn = besieged.peer_link_as_another_node().await;
         conn.send_frame(Bytes::from_static(&[0xc1, 0xff, 0x00, 0x13, 0x37]))
             .await
             .expect("send garbage frame");
         let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
         assert!(frames.is_empty(), "the peer port answered garbage: {frames:?}");
     }
-
-    // (b) A header announcing 1 GiB, before the handshake, on both ports.
-    for (label, port) in [("client port", &client_port), ("peer port", &peer_port)] {
-        let mut conn = RawConn::connect(port).await;
-        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
-        conn.send_bytes(&[0u8; 64]).await.ok();
-        let refusals = expect_refused_and_closed(&mut conn, &format!("1 GiB header on the {label}")).await;
-        assert!(refusals.is_empty(), "{label}: {refusals:?}");
-    }
-    // ... and after a valid handshake on both ports.
+    // An empty cluster id is fine for a client.
     {
-        let mut conn = RawConn::connect(&client_port).await;
-        let reply = conn.hello("", Party::Client).await;
-        assert!(
-            matches!(reply, HelloReply::Accepted { node_id, .. } if node_id == target),
-            "{reply:?}"
-        );
-        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
-        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
-        for frame in frames {
-            let response: ClientResponse = integration::protocol::decode(&frame).expect("a client response");
-            assert_eq!(response.id, 0);
-            assert!(
-                matches!(response.result, Err(ClientError::Malformed { .. })),
-                "{response:?}"
-            );
-        }
-    }
-    {
-        let mut conn = RawConn::connect(&peer_port).await;
-        let other = cluster.ids().into_iter().find(|&id| id != target).unwrap();
-        let reply = conn.hello(cluster.cluster_id(), Party::Peer { node_id: other }).await;
-        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
-        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
-        conn.send_bytes(&[7u8; 64]).await.ok();
-        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
-        assert!(frames.is_empty(), "the peer port answered a 1 GiB header: {frames:?}");
-    }
-
-    // (c) The wrong cluster, on both ports, and each party on the other's port.
-    for (label, port, party) in [
-        ("client port", &client_port, Party::Client),
-        ("peer port", &peer_port, Party::Peer { node_id: leader }),
-    ] {
-        let mut conn = RawConn::connect(port).await;
-        let reply = conn.hello("some-other-cluster", party).await;
-        match reply {
-            HelloReply::Rejected { reason, message } => {
-                assert_eq!(reason, RejectReason::WrongCluster, "{label}: {message}");
-                assert!(
-                    !message.contains(cluster.cluster_id()),
-                    "{label}: the refusal names the cluster id: {message}"
-                );
-            }
-            other => panic!("{label}: a wrong cluster id was accepted: {other:?}"),
-        }
-        let after = expect_refused_and_closed(&mut conn, label).await;
-        assert!(after.is_empty(), "{label}: more after the refusal: {after:?}");
-    }
-    for (label, port, party) in [
-        (
-            "peer hello on the client port",
-            &client_port,
-            Party::Peer { node_id: leader },
-        ),
-        ("client hello on the peer port", &peer_port, Party::Client),
-    ] {
-        let mut conn = RawConn::connect(port).await;
-        match conn.hello(cluster.cluster_id(), party).await {
-            HelloReply::Rejected { reason, .. } => assert_eq!(reason, RejectReason::WrongPort, "{label}"),
-            other => panic!("{label}: accepted: {other:?}"),
-        }
-        expect_refused_and_closed(&mut conn, label).await;
-    }
-
-    // (d) After a valid handshake (an empty cluster id is fine for a client),
-    // a frame of garbage MessagePack gets a Malformed answer with id 0, and the
-    // connection goes on serving.
-    {
+        let leader = besieged.leader;
         let mut conn = RawConn::connect(&cluster.endpoint(leader)).await;
         let reply = conn.hello("", Party::Client).await;
         assert!(
@@ -203,8 +207,103 @@ async fn hostile_input_on_client_and_peer_ports() {
             }
         );
     }
+    besieged.assert_unharmed().await;
+}
 
-    // (e) Limits, through the client crate.
+/// A header announcing 1 GiB, before and after a valid handshake, on both
+/// ports: the node closes (a client gets a Malformed answer first, at most)
+/// and never buffers what the header announces.
+#[tokio::test]
+async fn a_one_gib_frame_header_closes_the_connection_on_both_ports() {
+    let besieged = Besieged::start("hostile-huge-header").await;
+    let target = besieged.target;
+    for (label, port) in [
+        ("client port", &besieged.client_port),
+        ("peer port", &besieged.peer_port),
+    ] {
+        let mut conn = RawConn::connect(port).await;
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        conn.send_bytes(&[0u8; 64]).await.ok();
+        let refusals = expect_refused_and_closed(&mut conn, &format!("1 GiB header on the {label}")).await;
+        assert!(refusals.is_empty(), "{label}: {refusals:?}");
+    }
+    {
+        let mut conn = RawConn::connect(&besieged.client_port).await;
+        let reply = conn.hello("", Party::Client).await;
+        assert!(
+            matches!(reply, HelloReply::Accepted { node_id, .. } if node_id == target),
+            "{reply:?}"
+        );
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+        for frame in frames {
+            let response: ClientResponse = integration::protocol::decode(&frame).expect("a client response");
+            assert_eq!(response.id, 0);
+            assert!(
+                matches!(response.result, Err(ClientError::Malformed { .. })),
+                "{response:?}"
+            );
+        }
+    }
+    {
+        let mut conn = besieged.peer_link_as_another_node().await;
+        conn.send_bytes(&ONE_GIB.to_be_bytes()).await.expect("send header");
+        conn.send_bytes(&[7u8; 64]).await.ok();
+        let frames = conn.frames_until_closed(CLOSE_LIMIT).await;
+        assert!(frames.is_empty(), "the peer port answered a 1 GiB header: {frames:?}");
+    }
+    besieged.assert_unharmed().await;
+}
+
+/// The wrong cluster, on both ports, and each party on the other's port: a
+/// refusal naming the reason (and not the cluster id), then the close.
+#[tokio::test]
+async fn a_wrong_cluster_or_port_in_the_hello_is_refused() {
+    let besieged = Besieged::start("hostile-wrong-hello").await;
+    let cluster = &besieged.cluster;
+    let (client_port, peer_port, leader) = (&besieged.client_port, &besieged.peer_port, besieged.leader);
+    for (label, port, party) in [
+        ("client port", client_port, Party::Client),
+        ("peer port", peer_port, Party::Peer { node_id: leader }),
+    ] {
+        let mut conn = RawConn::connect(port).await;
+        let reply = conn.hello("some-other-cluster", party).await;
+        match reply {
+            HelloReply::Rejected { reason, message } => {
+                assert_eq!(reason, RejectReason::WrongCluster, "{label}: {message}");
+                assert!(
+                    !message.contains(cluster.cluster_id()),
+                    "{label}: the refusal names the cluster id: {message}"
+                );
+            }
+            other => panic!("{label}: a wrong cluster id was accepted: {other:?}"),
+        }
+        let after = expect_refused_and_closed(&mut conn, label).await;
+        assert!(after.is_empty(), "{label}: more after the refusal: {after:?}");
+    }
+    for (label, port, party) in [
+        (
+            "peer hello on the client port",
+            client_port,
+            Party::Peer { node_id: leader },
+        ),
+        ("client hello on the peer port", peer_port, Party::Client),
+    ] {
+        let mut conn = RawConn::connect(port).await;
+        match conn.hello(cluster.cluster_id(), party).await {
+            HelloReply::Rejected { reason, .. } => assert_eq!(reason, RejectReason::WrongPort, "{label}"),
+            other => panic!("{label}: accepted: {other:?}"),
+        }
+        expect_refused_and_closed(&mut conn, label).await;
+    }
+    besieged.assert_unharmed().await;
+}
+
+/// Keys and values over the limits, through the client crate: refused, and nothing stored.
+#[tokio::test]
+async fn oversized_keys_and_values_are_refused() {
+    let besieged = Besieged::start("hostile-limits").await;
+    let client = &besieged.client;
     let long_key = "k".repeat(200);
     let long_value = "v".repeat(3000);
     match client.put(&long_key, "x").await {
@@ -223,41 +322,7 @@ async fn hostile_input_on_client_and_peer_ports() {
         "a get of a 200-byte key was not refused"
     );
     assert_eq!(client.get("fine").await.expect("get"), None, "a refused put was stored");
-
-    // Nothing of it hurt: every node runs, none grew by the announced sizes, the cluster serves.
-    let leader_now = cluster.wait_for_leader(bound).await.0;
-    assert_eq!(client.put("after", "still serving").await.expect("put"), None);
-    assert_eq!(client.get("before").await.expect("get").as_deref(), Some("hostility"));
-    assert_eq!(
-        client.get("after").await.expect("get").as_deref(),
-        Some("still serving")
-    );
-    for id in cluster.ids() {
-        assert!(cluster.is_running(id), "node {id} died: {:?}", cluster.last_exit(id));
-    }
-    if let (Some(before), Some(after)) = (rss_before, resident_kib(pid)) {
-        assert!(
-            after < before + 64 * 1024,
-            "node {target} grew from {before} KiB to {after} KiB resident"
-        );
-    }
-    // A connection left open after a valid hello is still a working one.
-    let mut conn = RawConn::connect(&cluster.endpoint(leader_now)).await;
-    conn.hello(cluster.cluster_id(), Party::Client).await;
-    conn.send(&ClientRequest {
-        id: 99,
-        op: Operation::Status,
-    })
-    .await
-    .expect("send status");
-    match conn.next_frame(CLOSE_LIMIT).await {
-        Next::Frame(frame) => {
-            let response: ClientResponse = integration::protocol::decode(&frame).expect("decodes");
-            assert_eq!(response.id, 99);
-            assert!(matches!(response.result, Ok(Reply::Status(_))), "{response:?}");
-        }
-        other => panic!("no status answer: {other:?}"),
-    }
+    besieged.assert_unharmed().await;
 }
 
 /// Well-formed peer messages with terms and indexes no honest node sends (a

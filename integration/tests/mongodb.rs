@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use integration::scenarios::{LaggingStage, TrimScenarioEngine, TrimWorkload};
 use integration::{
     assert_all_readable, free_ports, pairs, put_all, required_mongodb as required, scenarios,
     test_mongodb_uri as test_uri, Engine, TestCluster, Timers,
@@ -212,98 +213,72 @@ async fn mongodb_full_restart_keeps_every_acknowledged_write() {
 #[tokio::test]
 async fn mongodb_node_down_across_trims_catches_up_by_snapshot() {
     let Some(uri) = test_uri() else { return };
-    let mongo = mongo(&uri).await;
-    let timers = Timers {
-        trim_interval_ms: 300,
-        commit_interval_ms: 100,
-        ..Timers::default()
+    let engine_checks = MongoTrimChecks {
+        mongo: mongo(&uri).await,
     };
-    let mut cluster = TestCluster::start_with_engine("mongo-snapshot", 3, timers, &engine(&uri));
-    let bound = timers.election_bound();
-    let (leader, _) = cluster.wait_for_leader(bound).await;
-    let client = cluster.client();
-    let mut written = put_all(&client, pairs("early", 0..20)).await;
+    let mut cluster =
+        TestCluster::start_with_engine("mongo-snapshot", 3, scenarios::frequent_trim_timers(), &engine(&uri));
+    let written = scenarios::node_down_across_trims_catches_up_by_snapshot(
+        &mut cluster,
+        TrimWorkload::DistinctKeysAndDeletes,
+        &engine_checks,
+    )
+    .await;
+    for id in cluster.ids() {
+        wait_store_holds(&mut cluster, &engine_checks.mongo, id, &written).await;
+    }
+    drop_databases(&engine_checks.mongo, &cluster).await;
+}
 
-    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
-    // As in snapshot.rs: the higher id lags, the other follower is wiped later.
-    let (other, lagging) = (followers[0], followers[1]);
-    let before = cluster.wait_caught_up(lagging, bound).await;
-    wait_store_holds(&mut cluster, &mongo, lagging, &written).await;
-    cluster.kill(lagging);
-    let lagging_last = before.log_last_index;
+/// What the MongoDB engine adds to the node-down-across-trims scenario: the
+/// lagging node's database is checked before and after, and a wiped node
+/// loses its database too.
+struct MongoTrimChecks {
+    mongo: mongodb::Client,
+}
 
-    let start = Instant::now();
-    let mut batch = 0;
-    loop {
-        // Overwrites and deletes too, so the snapshot must drop keys the lagging node still holds.
-        written.extend(put_all(&client, pairs(&format!("batch{batch}"), 0..20)).await);
-        let key = format!("early-{:05}", batch % 20);
-        if written.remove(&key).is_some() {
-            client.delete(&key).await.expect("delete");
+impl TrimScenarioEngine for MongoTrimChecks {
+    // The nodes flush to a server over the network: slower than redb.
+    const TRIM_DEADLINE: Duration = Duration::from_secs(40);
+    const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
+
+    async fn check_lagging_store(
+        &self,
+        cluster: &mut TestCluster,
+        lagging: u64,
+        written: &BTreeMap<String, String>,
+        stage: LaggingStage,
+    ) {
+        // Before going down its database holds the early keys, so the snapshot must replace them.
+        wait_store_holds(cluster, &self.mongo, lagging, written).await;
+        if stage == LaggingStage::BeforeGoingDown {
+            return;
         }
-        batch += 1;
-        let view = cluster.view().await;
-        let trimmed_past = view
-            .leader()
-            .is_some_and(|s| s.node_id == leader && s.log_first_index > lagging_last + 10);
-        if trimmed_past && start.elapsed() >= Duration::from_millis(1000) {
-            break;
-        }
+        let (meta, _) = stored(&self.mongo, cluster, lagging).await;
+        assert_ne!(
+            meta.get_str("collection").ok(),
+            Some("kv"),
+            "the snapshot went into a fresh collection: {meta}"
+        );
+        let collections = self
+            .mongo
+            .database(&database(cluster, lagging))
+            .list_collection_names()
+            .await
+            .expect("list collections");
         assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "the leader did not trim past index {lagging_last} within 40 s of writing\n{view}"
+            !collections.iter().any(|c| c == "kv"),
+            "the replaced collection was dropped: {collections:?}"
         );
     }
 
-    cluster.restart(lagging);
-    cluster.wait_caught_up(lagging, Duration::from_secs(30)).await;
-    let installs = cluster.log_events(lagging, "installing snapshot from the leader");
-    assert!(
-        installs
-            .iter()
-            .any(|f| f["index"].as_u64().is_some_and(|i| i > lagging_last)),
-        "node {lagging} did not install a snapshot beyond {lagging_last}: {installs:?}"
-    );
-    wait_store_holds(&mut cluster, &mongo, lagging, &written).await;
-    let (meta, _) = stored(&mongo, &cluster, lagging).await;
-    assert_ne!(
-        meta.get_str("collection").ok(),
-        Some("kv"),
-        "the snapshot went into a fresh collection: {meta}"
-    );
-    let collections = mongo
-        .database(&database(&cluster, lagging))
-        .list_collection_names()
-        .await
-        .expect("list collections");
-    assert!(
-        !collections.iter().any(|c| c == "kv"),
-        "the replaced collection was dropped: {collections:?}"
-    );
-
-    // The caught-up node alone holds the data: the leader is down and the other
-    // follower loses its log and its database.
-    cluster.kill(leader);
-    cluster.kill(other);
-    std::fs::remove_dir_all(cluster.data_dir(other)).expect("wipe the other follower's folder");
-    mongo
-        .database(&database(&cluster, other))
-        .drop()
-        .await
-        .expect("drop the other follower's database");
-    cluster.restart(other);
-    let (new_leader, _) = cluster.wait_for_leader(bound).await;
-    assert_eq!(new_leader, lagging, "a node without data became leader");
-    assert_all_readable(&client, &written).await;
-    cluster.wait_caught_up(other, Duration::from_secs(30)).await;
-    cluster.restart(leader);
-    cluster.wait_caught_up(leader, Duration::from_secs(30)).await;
-    written.extend(put_all(&client, pairs("late", 0..10)).await);
-    assert_all_readable(&client, &written).await;
-    for id in cluster.ids() {
-        wait_store_holds(&mut cluster, &mongo, id, &written).await;
+    async fn wipe_beyond_data_folder(&self, cluster: &TestCluster, id: u64) {
+        self.mongo
+            .database(&database(cluster, id))
+            .drop()
+            .await
+            .expect("drop the other follower's database");
     }
-    drop_databases(&mongo, &cluster).await;
 }
 
 /// An nx-27017 server of the test's own, which it can stop and start again.
