@@ -29,18 +29,26 @@ use crate::linearizability::{check, Call, Operation, Outcome, Verdict};
 use crate::proxy::LinkProxy;
 use crate::{free_ports, TestCluster, Timers};
 
+/// What one chaos [`run`] does.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
+    /// The test cluster's name (see [`TestCluster::name`]).
     pub name: String,
+    /// Seeds the nemesis's choices and, derived from it, each client's choice
+    /// of operations and keys.
     pub seed: u64,
+    /// How many nodes the cluster has.
     pub nodes: usize,
+    /// How many concurrent clients issue operations.
     pub clients: usize,
+    /// How many keys the clients share (`key0`, `key1`, ...): fewer keys, more contention.
     pub keys: usize,
     /// How long faults are injected.
     pub duration: Duration,
 }
 
 impl ChaosOptions {
+    /// Three nodes, four clients, four keys and ten seconds of faults.
     pub fn new(name: &str, seed: u64) -> Self {
         ChaosOptions {
             name: name.to_string(),
@@ -56,18 +64,29 @@ impl ChaosOptions {
 /// One fault the nemesis injected, with when it was active (ns since the run began).
 #[derive(Debug, Clone)]
 pub struct FaultEvent {
+    /// The kind of fault, e.g. `kill`, `isolate` or `torn-wal`.
     pub kind: &'static str,
+    /// Which nodes or links it hit; empty for `restart-all`.
     pub detail: String,
+    /// When the nemesis began injecting it, in ns since the run began.
     pub from: u64,
+    /// When the nemesis had undone it, in ns since the run began.
     pub to: u64,
 }
 
+/// What one chaos [`run`] found.
 #[derive(Debug)]
 pub struct ChaosReport {
+    /// The run's [`ChaosOptions::seed`].
     pub seed: u64,
+    /// How many operations the history holds: the clients' (failed reads left
+    /// out) and the final reads.
     pub operations: usize,
+    /// How many of them got an answer (the rest have an unknown outcome).
     pub succeeded: usize,
+    /// How many answered operations overlapped an active fault.
     pub succeeded_during_faults: usize,
+    /// How many faults of each kind were injected.
     pub faults: BTreeMap<&'static str, usize>,
     /// Empty when the run passed.
     pub violations: Vec<String>,
@@ -76,10 +95,12 @@ pub struct ChaosReport {
 }
 
 impl ChaosReport {
+    /// Whether the run found no violation.
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
 
+    /// A one-line summary: seed, counts, faults, and `ok` or the violations.
     pub fn line(&self) -> String {
         format!(
             "seed {}: {} ops, {} ok, {} ok during faults, faults {:?}: {}",

@@ -16,6 +16,8 @@
 //! - `KVS_IT_RUST_LOG`: the nodes' `RUST_LOG` (default `info`; the tests read
 //!   info-level traces, so keep at least that).
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -52,9 +54,16 @@ pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cluster's timers, in milliseconds. The defaults are short so tests are fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timers {
+    /// How often the leader sends heartbeats (`cluster.heartbeat_interval_ms`).
     pub heartbeat_interval_ms: u64,
+    /// How long a follower waits for a leader (plus up to 50% jitter) before it starts an
+    /// election (`cluster.election_timeout_ms`); must exceed the heartbeat interval.
     pub election_timeout_ms: u64,
+    /// How often each node flushes applied changes to its state store
+    /// (`cluster.commit_interval_ms`).
     pub commit_interval_ms: u64,
+    /// How often the leader trims the logs up to what every live node has
+    /// flushed (`cluster.trim_interval_ms`).
     pub trim_interval_ms: u64,
 }
 
@@ -70,6 +79,7 @@ impl Default for Timers {
 }
 
 impl Timers {
+    /// The election timeout as a [`Duration`] (without the nodes' jitter).
     pub fn election_timeout(&self) -> Duration {
         Duration::from_millis(self.election_timeout_ms)
     }
@@ -89,7 +99,9 @@ pub enum Engine {
     Embedded,
     /// MongoDB at `uri`: node N uses database `<database_prefix>_<cluster id>_<N>`.
     MongoDb {
+        /// The MongoDB connection string (`storage.uri`).
         uri: String,
+        /// The start of every node's database name (`storage.database_prefix`).
         database_prefix: String,
         /// The nodes' `storage.timeout_ms`.
         timeout_ms: u64,
@@ -372,14 +384,17 @@ impl TestCluster {
         cluster
     }
 
+    /// The name given at start, used in the folder's name, the cluster id and panics.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The `cluster.id` of the cluster file: the name made unique per process and cluster.
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
 
+    /// The timers written to the cluster file.
     pub fn timers(&self) -> Timers {
         self.timers
     }
@@ -389,14 +404,18 @@ impl TestCluster {
         &self.root
     }
 
+    /// The shared cluster file, `cluster.toml` in the folder (nodes behind proxies
+    /// are started with a cluster file of their own instead).
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
 
+    /// The ids of every node, running or not: `1..=n_nodes`.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
+    /// How many nodes the cluster has, running or not.
     pub fn size(&self) -> usize {
         self.nodes.len()
     }
@@ -431,14 +450,17 @@ impl TestCluster {
         self.node(id).peer_addr.clone()
     }
 
+    /// The client address of every node, in id order.
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.client_addr.clone()).collect()
     }
 
+    /// Node `id`'s data folder, `data/<id>` in the cluster's folder.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.root.join("data").join(id.to_string())
     }
 
+    /// Node `id`'s write-ahead log file, `wal.log` in its data folder.
     pub fn wal_path(&self, id: u64) -> PathBuf {
         self.data_dir(id).join("wal.log")
     }
@@ -517,6 +539,8 @@ impl TestCluster {
         self.node(id).last_exit
     }
 
+    /// The process id of node `id`'s last started process; None once it has been
+    /// reaped (killed, stopped, or found exited). Does not check whether it still runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.node(id).child.as_ref().map(Child::id)
     }
@@ -757,23 +781,31 @@ pub fn client_config(endpoints: Vec<String>) -> ClientConfig {
 /// One node in a [`ClusterView`].
 #[derive(Debug, Clone)]
 pub struct NodeState {
+    /// The node's id.
     pub id: u64,
+    /// Whether its process was running when polled.
     pub alive: bool,
+    /// Its own status, or why there is none (the request's error, or that the
+    /// process is not running and how it ended).
     pub status: Result<NodeStatus, String>,
 }
 
 /// The status of every node at one poll.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
+    /// How many nodes the cluster has, down ones included: the base of a majority.
     pub size: usize,
+    /// Every node, in id order.
     pub nodes: Vec<NodeState>,
 }
 
 impl ClusterView {
+    /// Node `id`'s status, if it answered.
     pub fn status(&self, id: u64) -> Option<&NodeStatus> {
         self.nodes.iter().find(|n| n.id == id)?.status.as_ref().ok()
     }
 
+    /// The status of every node that answered.
     pub fn statuses(&self) -> impl Iterator<Item = &NodeStatus> {
         self.nodes.iter().filter_map(|n| n.status.as_ref().ok())
     }
@@ -842,7 +874,7 @@ pub async fn put_all(client: &Client, pairs: Vec<(String, String)>) -> BTreeMap<
     written
 }
 
-/// `count` fresh key/value pairs named after `prefix`.
+/// One key/value pair per number in `range`, named after `prefix` (`<prefix>-00042`).
 pub fn pairs(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> {
     range
         .map(|i| (format!("{prefix}-{i:05}"), format!("value of {prefix} number {i}")))

@@ -22,8 +22,11 @@ use std::collections::{BTreeMap, HashSet};
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Call {
+    /// Set the key to this value; returns the value it replaced.
     Put(String),
+    /// Remove the key; returns the value it had.
     Delete,
+    /// Read the key's value.
     Get,
 }
 
@@ -39,10 +42,15 @@ pub enum Outcome {
 /// One operation of a history. Times are in any monotonic unit (nanoseconds here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
+    /// Which client issued it; only shown in reports, the check ignores it.
     pub client: usize,
+    /// The key it touched: each key is checked as a register of its own.
     pub key: String,
+    /// What was asked.
     pub call: Call,
+    /// What came back.
     pub outcome: Outcome,
+    /// When the client sent it.
     pub invoked: u64,
     /// None for an unknown outcome: it may take effect any time after `invoked`.
     pub completed: Option<u64>,
@@ -51,14 +59,18 @@ pub struct Operation {
 /// The verdict for a whole history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Every key's operations fit some order that respects real time.
     Linearizable,
     /// No order explains this key's operations.
     Violation {
+        /// The first key, in key order, that failed.
         key: String,
+        /// Every operation on that key, in history order.
         operations: Vec<Operation>,
     },
     /// The search for this key exceeded its budget (neither proved nor refuted).
     GaveUp {
+        /// The first key, in key order, whose search ran out of budget.
         key: String,
     },
 }

@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// A running fault proxy: forwards every connection to its target until
+/// blocked. Dropping it blocks it and stops accepting.
 pub struct LinkProxy {
     addr: String,
     blocked: Arc<watch::Sender<bool>>,
@@ -56,18 +58,23 @@ impl LinkProxy {
         })
     }
 
+    /// The address it listens on (with the port the kernel chose, for a `:0` listen address).
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
+    /// Cuts the link: closes the open connections and, until [`LinkProxy::unblock`],
+    /// every new one as soon as it is accepted.
     pub fn block(&self) {
         self.blocked.send_replace(true);
     }
 
+    /// Heals the link: new connections are forwarded again (cut ones stay closed).
     pub fn unblock(&self) {
         self.blocked.send_replace(false);
     }
 
+    /// Whether the link is cut.
     pub fn is_blocked(&self) -> bool {
         *self.blocked.borrow()
     }

@@ -17,6 +17,7 @@ use tokio_util::codec::Framed;
 /// What reading the next frame gave.
 #[derive(Debug)]
 pub enum Next {
+    /// A whole frame's payload, without its length prefix.
     Frame(Bytes),
     /// The far end closed the connection (or reset it).
     Closed,
@@ -24,11 +25,15 @@ pub enum Next {
     Silent,
 }
 
+/// A TCP connection to a node's client or peer port, with no handshake done
+/// for it: the test sends whatever bytes, frames or messages it wants.
 pub struct RawConn {
     framed: Framed<TcpStream, FrameCodec>,
 }
 
 impl RawConn {
+    /// Connects to `addr` (panics if that fails or takes over 5 s). Frames are capped at
+    /// [`MAX_CLIENT_FRAME`] both ways; [`RawConn::send_bytes`] is not.
     pub async fn connect(addr: &str) -> RawConn {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
