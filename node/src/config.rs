@@ -218,9 +218,9 @@ impl ClusterFile {
             let addresses = [
                 ("client_addr", Some(&node.client_addr)),
                 ("peer_addr", Some(&node.peer_addr)),
+                ("resp_addr", node.resp_addr.as_ref()),
             ];
-            let resp = ("resp_addr", node.resp_addr.as_ref());
-            for (key, address) in addresses.into_iter().chain([resp]) {
+            for (key, address) in addresses {
                 if let Some(Err(e)) = address.map(|a| protocol::limits::parse_endpoint(a)) {
                     return invalid(format!("node {}: {key}: {e}", node.id));
                 }
